@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Everything else is set up on demand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# mypy cannot follow setuptools' editable import hook, so it reads the sources through this link tree,
+# which maps gateway/ -> sparsegate/gateway etc. exactly as the wheel does.
+MYPY_SRC := $(VENV)/mypy-src
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint typecheck pytest clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools
+
+# The gateway alone: no torch, no triton, no sglang.
+$(VENV)/.stamp-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Tests need the dev tools and the kernel stack. torch is installed first, pinned to the CPU build these
+# machines carry, so the unpinned `torch` of the kernels extra never pulls a multi-GB CUDA build.
+$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-serve
+	$(BIN)/pip install -q 'torch==2.13.0'
+	$(BIN)/pip install -q -e '.[dev,kernels]'
+	mkdir -p $(MYPY_SRC)/sparsegate
+	ln -sfn ../../../gateway $(MYPY_SRC)/sparsegate/gateway
+	ln -sfn ../../../backends $(MYPY_SRC)/sparsegate/backends
+	ln -sfn ../../../kernels $(MYPY_SRC)/sparsegate/kernels
+	touch $@
+
+serve: $(VENV)/.stamp-serve
+	$(BIN)/sparsegate serve --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.stamp-test
+	MYPYPATH=$(MYPY_SRC) $(BIN)/mypy -p sparsegate.gateway -p sparsegate.backends
+
+pytest: $(VENV)/.stamp-test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

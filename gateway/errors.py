@@ -1,0 +1,266 @@
+"""The gateway's one exception tree, and the one place that turns it into OpenAI's error envelope.
+
+Routes, the limiter, the router and the relay raise these; nothing else in the gateway builds error JSON.
+
+    GatewayError                      500 server_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   ├── ContextLengthExceeded     400 code=context_length_exceeded, param=messages
+    │   └── UpstreamRejected          4xx the worker refused the request (its message is passed on)
+    ├── RequestTooLarge               413 code=request_too_large
+    ├── AuthenticationFailed          401 code=invalid_api_key
+    ├── ModelNotAllowed               403 code=model_not_allowed
+    ├── ModelNotFound                 404 code=model_not_found
+    ├── RouteNotFound                 404 / 405 (unknown path or method)
+    ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
+    ├── UpstreamError                 502 server_error
+    │   ├── UpstreamUnavailable       502 connect error, reset, bad upstream response
+    │   └── UpstreamTimeout           504
+    ├── NoHealthyWorker               503 (with retry-after)
+    ├── LimiterUnavailable            503 the limiter is down and the tenant's policy is fail_closed
+    └── InternalError                 500 a gateway bug; never for bad input
+
+A dependency's own exceptions (httpx, redis) are translated at one boundary each: `upstream.py` for httpx and
+`limits/` for redis.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with; knows its HTTP status and OpenAI `type`/`code`."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self._code = code
+
+    @property
+    def error_type(self) -> str:
+        return type(self).type
+
+    @property
+    def error_code(self) -> str | None:
+        return self._code if self._code is not None else type(self).code
+
+    @property
+    def status_code(self) -> int:
+        return type(self).status
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (retry hints); empty unless a subclass has something to say."""
+        return {}
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.error_code,
+            }
+        }
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+    def __init__(self, *, max_context: int, prompt_tokens: int, completion_tokens: int) -> None:
+        total = prompt_tokens + completion_tokens
+        super().__init__(
+            f"This model's maximum context length is {max_context} tokens. However, you requested {total} tokens "
+            f"({prompt_tokens} in the messages, {completion_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="messages",
+        )
+        self.max_context = max_context
+        self.requested = total
+
+
+class UpstreamRejected(InvalidRequest):
+    """The worker answered 4xx before streaming; the client's request was at fault, so pass its status on."""
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+    @property
+    def status_code(self) -> int:
+        # 429 from a worker means its queue is full: that is ours to retry elsewhere, not the client's fault,
+        # and is translated before it gets here. Anything else 4xx is passed through.
+        return self.upstream_status
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotAllowed(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RouteNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int = 404) -> None:
+        super().__init__(message)
+        self._status = status
+
+    @property
+    def status_code(self) -> int:
+        return self._status
+
+
+class RateLimited(GatewayError):
+    """A tenant limit was hit. `kind` is the OpenAI type: "requests" or "tokens" (concurrency counts as requests)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        retry_after_s: float | None,
+        can_ever_fit: bool = True,
+        rate_headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after_s = retry_after_s
+        self.can_ever_fit = can_ever_fit
+        self.rate_headers = dict(rate_headers or {})
+
+    @property
+    def error_type(self) -> str:
+        return self.kind
+
+    def headers(self) -> dict[str, str]:
+        out = dict(self.rate_headers)
+        if not self.can_ever_fit:
+            # Retrying cannot help: the request needs more than the whole bucket holds.
+            out["x-should-retry"] = "false"
+        elif self.retry_after_s is not None:
+            wait_ms = max(1, int(self.retry_after_s * 1000 + 0.999))
+            out["retry-after-ms"] = str(wait_ms)
+            out["retry-after"] = str(max(1, (wait_ms + 999) // 1000))
+        return out
+
+
+class UpstreamError(GatewayError):
+    status = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+
+
+class NoHealthyWorker(GatewayError):
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, round(self.retry_after_s)))}
+
+
+class LimiterUnavailable(GatewayError):
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
+class InternalError(GatewayError):
+    status = 500
+
+
+def error_response(exc: GatewayError, extra_headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = {**(extra_headers or {}), **exc.headers()}
+    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=headers)
+
+
+def error_event(exc: GatewayError) -> bytes:
+    """The same envelope as one SSE event, for failures after the first streamed byte."""
+    return b"data: " + json.dumps(exc.envelope(), separators=(",", ":")).encode() + b"\n\n"
+
+
+def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable sentence for FastAPI's validation errors, and the offending top-level parameter."""
+    parts: list[str] = []
+    param: str | None = None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        if param is None and loc:
+            param = loc[0]
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx") or {}
+            return f"We could not parse the JSON body of your request: {ctx.get('error', 'invalid JSON')}.", None
+        parts.append(f"{where}: {err.get('msg', 'invalid value')}")
+    return "Invalid request: " + "; ".join(parts), param
+
+
+def to_gateway_error(exc: Exception) -> GatewayError:
+    """Map anything an ASGI handler can raise onto the tree; unknown exceptions are gateway bugs (500)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        message, param = describe_validation_error(exc)
+        return InvalidRequest(message, param=param)
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 413:
+            return RequestTooLarge(str(exc.detail))
+        if exc.status_code in (404, 405):
+            return RouteNotFound(str(exc.detail), status=exc.status_code)
+        if 400 <= exc.status_code < 500:
+            return InvalidRequest(str(exc.detail))
+    return InternalError("The server had an error while processing your request.")
+
+
+async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    """The single exception handler registered for every exception class."""
+    err = to_gateway_error(exc)
+    extra = getattr(request.state, "rate_headers", None)
+    return error_response(err, extra if isinstance(extra, dict) else None)
