@@ -183,7 +183,14 @@ class RateLimited(GatewayError):
 
 
 class UpstreamError(GatewayError):
+    """The worker failed. `retriable` marks failures that happened before the worker took the request
+    (connect errors, 503 from a full or draining worker), which are safe to send to another worker."""
+
     status = 502
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class UpstreamUnavailable(UpstreamError):

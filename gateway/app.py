@@ -1,0 +1,145 @@
+"""The FastAPI application: built from settings, with every client created in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sparsegate.gateway.auth import KeyStore
+from sparsegate.gateway.errors import GatewayError, handle_exception
+from sparsegate.gateway.limits import build_limiter
+from sparsegate.gateway.pipeline import request_id_of
+from sparsegate.gateway.record import Observer
+from sparsegate.gateway.relay import Services
+from sparsegate.gateway.requestlog import RequestLog
+from sparsegate.gateway.routes import api
+from sparsegate.gateway.routing import Router
+from sparsegate.gateway.settings import ConfigError, Settings, load_settings
+from sparsegate.gateway.state import GatewayState, Observers
+from sparsegate.gateway.upstream import Upstream
+
+log = logging.getLogger("sparsegate.app")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the caller's `x-request-id` when safe) and echoes it on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.requests import Request
+
+        request_id = request_id_of(Request(scope))
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append(header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    observers: list[Observer] | None = None,
+) -> FastAPI:
+    """Build the gateway. `transport` swaps the network for tests (an ASGI app or MockTransport)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0)
+        async with httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False) as client:
+            router = Router(settings, client)
+            limiter = build_limiter(settings, replica_id=settings.replica_id or f"gw-{uuid.uuid4().hex[:12]}")
+            services = Services(
+                router=router,
+                upstream=Upstream(client, settings.timeouts),
+                limiter=limiter,
+                observer=Observers([RequestLog(), *(observers or [])]),
+                timeouts=settings.timeouts,
+                retries=settings.retries,
+            )
+            state = GatewayState(
+                settings=settings,
+                keys=KeyStore(settings),
+                router=router,
+                limiter=limiter,
+                services=services,
+                started_at=int(time.time()),
+            )
+            app.state.gateway = state
+            await limiter.start()
+            await router.start()
+            remove_reload = _install_reload(state, config_path)
+            try:
+                yield
+            finally:
+                remove_reload()
+                await router.close()
+                await limiter.close()
+
+    app = FastAPI(
+        title="sparsegate",
+        summary="OpenAI-compatible gateway for sparse-attention LLMs served by SGLang",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_class, handle_exception)
+    app.include_router(api)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _install_reload(state: GatewayState, config_path: Path | None) -> Callable[[], None]:
+    """SIGHUP re-reads the config file and swaps tenants and pools without touching streams in flight."""
+    if config_path is None:
+        return lambda: None
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            new = load_settings(config_path)
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return
+        if new.effective_redis_url != state.settings.effective_redis_url:
+            log.warning("redis_url changed; the limiter keeps its connection until restart")
+        state.reload(new)
+        log.info("config reloaded from %s: %d tenants, %d pools", config_path, len(new.tenants), len(new.pools))
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        log.warning("SIGHUP reload is not available in this event loop")
+        return lambda: None
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove

@@ -1,0 +1,83 @@
+"""`sparsegate`: run the gateway, run a simulated worker, or hash an API key for the config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from sparsegate.gateway.settings import ConfigError, hash_api_key, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sparsegate.gateway.app import create_app
+    from sparsegate.gateway.defaults import DEMO_API_KEY, DEMO_MODEL, demo_settings, demo_workers
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    if args.config is not None:
+        try:
+            settings = load_settings(args.config)
+        except ConfigError as exc:
+            print(f"sparsegate: {exc}", file=sys.stderr)
+            return 2
+        app = create_app(settings, config_path=args.config)
+        print(f"sparsegate: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        return 0
+
+    with demo_workers() as urls:
+        settings = demo_settings(urls)
+        app = create_app(settings)
+        base = f"http://{args.host}:{args.port}"
+        print(
+            f"sparsegate: embedded demo gateway on {base}\n"
+            f"  simulated pools: {', '.join(f'{p} -> {u}' for p, u in urls.items())}\n"
+            "  limiter: in-memory\n"
+            f"  API key: {DEMO_API_KEY}\n"
+            f"  try:  curl {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_API_KEY}' "
+            f'-H \'Content-Type: application/json\' -d \'{{"model": "{DEMO_MODEL}", '
+            '"messages": [{"role": "user", "content": "Hello"}]}\'',
+            flush=True,
+        )
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        print("sparsegate: no key given", file=sys.stderr)
+        return 2
+    print(hash_api_key(key))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "sim":
+        from sparsegate.backends.sim.cli import main as sim_main
+
+        code: int = sim_main(argv[1:])
+        return code
+    parser = argparse.ArgumentParser(prog="sparsegate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (the embedded demo when no --config is given)")
+    serve.add_argument("--config", type=Path, default=None, help="YAML config file (see README)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+    sub.add_parser("sim", help="run one simulated SGLang worker (see `sparsegate sim --help`)")
+    hk = sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key for the config")
+    hk.add_argument("key", nargs="?", help="the key (read from stdin when omitted, to keep it out of shell history)")
+    hk.set_defaults(func=_hash_key)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""What the gateway learns about one request as it passes the layers, and who gets told.
+
+The pipeline fills a `RequestRecord` as it goes (auth → plan → admission → route → relay → settle); observers
+(metrics, traces, the request log) read it. Observers never raise into the request path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Outcome = Literal["ok", "error", "cancelled"]
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    endpoint: str  # "chat" or "completions"
+    started: float = field(default_factory=time.perf_counter)
+    stream: bool = False
+    tenant: str | None = None
+    model: str | None = None
+    pool: str | None = None
+    worker: str | None = None
+    rid: str | None = None  # the live attempt's id on the worker
+    attempts: int = 0
+    max_tokens: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_from_worker: bool = False
+    finish_reasons: list[str] = field(default_factory=list)
+    response_id: str | None = None
+    status: int = 0
+    outcome: Outcome = "ok"
+    error_type: str | None = None
+    limit_decision: str | None = None  # "admitted", "degraded", or the rejecting limit's kind
+    admitted_at: float | None = None
+    first_byte_at: float | None = None  # first byte of the answer sent to the client
+    ended_at: float | None = None
+    upstream_s: float = 0.0  # time spent waiting on workers
+    chunks: int = 0
+
+    def elapsed(self) -> float:
+        end = self.ended_at if self.ended_at is not None else time.perf_counter()
+        return end - self.started
+
+    def gateway_overhead_s(self) -> float:
+        """Time spent in the gateway itself, excluding the wait on workers."""
+        return max(0.0, self.elapsed() - self.upstream_s)
+
+
+class Observer(Protocol):
+    def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None: ...
+
+    def on_chunk(self, record: RequestRecord, now: float) -> None: ...
+
+    def on_finish(self, record: RequestRecord) -> None: ...
+
+
+def server_timing(record: RequestRecord) -> str:
+    """The standard Server-Timing header: the gateway's own time and the wait on workers, so far, in ms."""
+    return (
+        f'gateway;dur={record.gateway_overhead_s() * 1000:.2f};desc="gateway overhead", '
+        f'upstream;dur={record.upstream_s * 1000:.2f};desc="worker"'
+    )

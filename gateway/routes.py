@@ -1,0 +1,84 @@
+"""The HTTP surface: OpenAI's endpoints plus liveness and readiness. Routes raise; they never build error JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from sparsegate.gateway.errors import GatewayError, ModelNotFound
+from sparsegate.gateway.pipeline import serve_generation
+from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from sparsegate.gateway.record import RequestRecord
+from sparsegate.gateway.state import GatewayState, gateway_state
+
+api = APIRouter()
+
+
+def _body_schema(model: type[ChatCompletionRequest] | type[CompletionRequest]) -> dict[str, Any]:
+    # The body is read by hand (auth first, size limit while streaming), so describe it for /docs explicitly.
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _generate(request: Request, endpoint: str) -> Response:
+    state = gateway_state(request)
+    try:
+        return await serve_generation(request, state, endpoint)
+    except GatewayError as exc:
+        # Refused before the relay took over: the relay reports its own requests; these are reported here.
+        record = getattr(request.state, "record", None)
+        if isinstance(record, RequestRecord):
+            record.status, record.outcome, record.error_type = exc.status_code, "error", type(exc).__name__
+            state.observer.on_finish(record)
+        raise
+
+
+@api.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest), tags=["openai"])
+async def create_chat_completion(request: Request) -> Response:
+    """OpenAI chat completions, streaming or not, routed to a worker pool by model, tenant and context length."""
+    return await _generate(request, "chat")
+
+
+@api.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest), tags=["openai"])
+async def create_completion(request: Request) -> Response:
+    """OpenAI (legacy) text completions."""
+    return await _generate(request, "completions")
+
+
+def _cards(state: GatewayState, request: Request) -> list[ModelCard]:
+    tenant = state.keys.authenticate(request.headers)
+    return [
+        ModelCard(id=m.id, created=state.started_at, max_model_len=m.max_context)
+        for m in state.router.list_models(tenant)
+    ]
+
+
+@api.get("/v1/models", response_model=ModelList, tags=["openai"])
+async def list_models(request: Request) -> ModelList:
+    """The models this key may use, each with the largest context length any of its pools serves."""
+    return ModelList(data=_cards(gateway_state(request), request))
+
+
+@api.get("/v1/models/{model_id:path}", response_model=ModelCard, tags=["openai"])
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    for card in _cards(gateway_state(request), request):
+        if card.id == model_id:
+            return card
+    raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model")
+
+
+@api.get("/health/live", tags=["health"])
+async def live() -> dict[str, str]:
+    """The process is up and serving HTTP."""
+    return {"status": "ok"}
+
+
+@api.get("/health/ready", tags=["health"])
+async def ready(request: Request) -> JSONResponse:
+    """Ready when every pool has a healthy worker; 503 names the pools that have none."""
+    pools = gateway_state(request).router.readiness()
+    empty = sorted(name for name, counts in pools.items() if counts.get("healthy", 0) == 0)
+    status = "ok" if not empty else ("degraded" if len(empty) < len(pools) else "unavailable")
+    code = 503 if status == "unavailable" else 200
+    return JSONResponse({"status": status, "pools": pools, "pools_without_healthy_workers": empty}, status_code=code)

@@ -1,0 +1,108 @@
+"""Server-Sent Events as the relay needs them: split a byte stream into events, and read only what it must.
+
+The relay forwards events untouched. It parses an event's JSON only when the event carries something the gateway
+has to act on (a usage block, a finish reason, an error), found first by a cheap byte search.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DONE_EVENT = b"data: [DONE]\n\n"
+_USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
+_CONTENT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")|"tool_calls"\s*:\s*\[')
+
+
+class EventSplitter:
+    """Incremental SSE framing: feed raw bytes, get back complete events (without the blank-line terminator)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if b"\r" in chunk or self._buf.endswith(b"\r"):
+            self._buf = (self._buf + chunk).replace(b"\r\n", b"\n")
+        else:
+            self._buf += chunk
+        if b"\n\n" not in self._buf:
+            return []
+        *events, self._buf = self._buf.split(b"\n\n")
+        return [e for e in events if e.strip()]
+
+    def rest(self) -> bytes:
+        """What is left unterminated when the stream ends (a truncated event)."""
+        return self._buf.strip()
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The joined `data:` payload of an event, or None for comment-only or field-only events."""
+    lines = [line for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[5:].removeprefix(b" ") for line in lines)
+
+
+@dataclass
+class StreamTally:
+    """What a stream said about itself, learned as events pass."""
+
+    wants_usage: bool
+    usage: dict[str, int] | None = None
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    content_events: int = 0
+    done: bool = False
+    upstream_error: dict[str, Any] | None = None
+    response_id: str | None = None
+
+    def take(self, data: bytes) -> bytes | None:
+        """Account for one event's data; return what to send on (possibly rewritten), or None to drop it."""
+        if data == b"[DONE]":
+            self.done = True
+            return None
+        if self.response_id is None:
+            self.response_id = _peek_id(data)
+        if _CONTENT.search(data):
+            self.content_events += 1
+        needs_parse = (b'"usage"' in data and not _USAGE_NULL.search(data)) or b'"finish_reason":"' in data.replace(
+            b'"finish_reason": "', b'"finish_reason":"'
+        )
+        if b'"error"' in data and b'"choices"' not in data:
+            needs_parse = True
+        if not needs_parse:
+            return data
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return data
+        if not isinstance(obj, dict):
+            return data
+        if isinstance(obj.get("error"), dict) and "choices" not in obj:
+            self.upstream_error = obj["error"]
+            return data
+        for choice in obj.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finish_reasons[int(choice.get("index", 0))] = str(choice["finish_reason"])
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
+            if not self.wants_usage:
+                if not obj.get("choices"):
+                    return None  # the usage-only chunk the client did not ask for
+                obj["usage"] = None
+                return json.dumps(obj, separators=(",", ":")).encode()
+        return data
+
+
+_ID = re.compile(rb'"id"\s*:\s*"([^"]{1,200})"')
+
+
+def _peek_id(data: bytes) -> str | None:
+    match = _ID.search(data)
+    return match.group(1).decode(errors="replace") if match else None
+
+
+def frame(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"

@@ -1,0 +1,77 @@
+"""The gateway's long-lived state, built once in the lifespan and handed to handlers through `app.state`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from sparsegate.gateway.auth import KeyStore
+from sparsegate.gateway.limits.base import Limiter
+from sparsegate.gateway.record import Observer, RequestRecord
+from sparsegate.gateway.relay import Services
+from sparsegate.gateway.routing import Router
+from sparsegate.gateway.settings import Settings
+
+log = logging.getLogger("sparsegate.state")
+
+
+class Observers:
+    """Fans each event out to every observer; one failing observer never breaks a request or the others."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self._observers = list(observers)
+
+    def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
+        for obs in self._observers:
+            try:
+                obs.on_upstream_attempt(record, worker, error)
+            except Exception:
+                log.exception("observer %s failed", type(obs).__name__)
+
+    def on_chunk(self, record: RequestRecord, now: float) -> None:
+        for obs in self._observers:
+            try:
+                obs.on_chunk(record, now)
+            except Exception:
+                log.exception("observer %s failed", type(obs).__name__)
+
+    def on_finish(self, record: RequestRecord) -> None:
+        for obs in self._observers:
+            try:
+                obs.on_finish(record)
+            except Exception:
+                log.exception("observer %s failed", type(obs).__name__)
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    keys: KeyStore
+    router: Router
+    limiter: Limiter
+    services: Services
+    started_at: int
+
+    @property
+    def observer(self) -> Observer:
+        return self.services.observer
+
+    def trace_headers(self, request: Request) -> dict[str, str]:
+        """Headers that carry the trace to the worker (W3C traceparent), when tracing is on."""
+        header = request.headers.get("traceparent")
+        return {"traceparent": header} if header else {}
+
+    def reload(self, settings: Settings) -> None:
+        """Swap tenants and pools in place; requests in flight keep the objects they already hold."""
+        self.router.reload(settings)
+        self.keys = KeyStore(settings)
+        self.settings = settings
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state = request.app.state.gateway
+    assert isinstance(state, GatewayState)
+    return state
