@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 # Prompts with more text than this are counted on a thread so the event loop keeps serving other requests.
 OFFLOAD_CHARS = 64 * 1024
-# How much of the rendered prompt decides affinity: enough to cover a system prompt and the conversation's
-# opening, so follow-up turns of one conversation, and requests sharing a long system prompt, hash alike.
+# Affinity is decided by the conversation's opening: the messages up to and including the first user message,
+# at most this many characters of them. Every later turn of a conversation starts the same way, so it goes back
+# to the worker that has its earlier turns cached; requests sharing a long system prompt hash alike too.
 AFFINITY_PREFIX_CHARS = 1024
 
 _FAILURES: frozenset[str] = frozenset({"connect_error", "upstream_error", "timeout"})
@@ -171,7 +172,7 @@ class Router:
     # -- worker choice -----------------------------------------------------------------------------------
 
     def affinity_key(self, *, messages: Messages | None = None, prompt: Prompt | None = None) -> str:
-        """A short stable digest of the prompt's first `AFFINITY_PREFIX_CHARS` characters (roles included)."""
+        """A short stable digest of the prompt's opening (see `AFFINITY_PREFIX_CHARS`), roles included."""
         parts: list[str] = []
         size = 0
         if messages:
@@ -185,7 +186,7 @@ class Router:
                 piece = f"{m.get('role', '')}\x1f{content if isinstance(content, str) else ''}\x1e"
                 parts.append(piece)
                 size += len(piece)
-                if size >= AFFINITY_PREFIX_CHARS:
+                if size >= AFFINITY_PREFIX_CHARS or m.get("role") == "user":
                     break
         elif isinstance(prompt, str):
             parts.append(prompt[:AFFINITY_PREFIX_CHARS])
