@@ -12,8 +12,11 @@ separators that ChatML, Llama-3, DeepSeek and GLM templates put around a message
 and `ESTIMATE_PRIMING` (3) for the assistant header that opens the reply. Plain ASCII prose has about 4 bytes
 per token, so the estimate is roughly 4x high on English text and about right on code, CJK and emoji.
 
-**Exact (tokenizer).** Texts are encoded with the model's tokenizer. A `tokenizer.json` carries no chat
-template, so messages are framed generically: each message costs `FRAME_PER_MESSAGE` (4) tokens plus its
+**Exact (tokenizer).** Texts are encoded with the model's tokenizer. When the tokenizer's folder also holds
+the model's chat template (`chat_template.jinja`, or `chat_template` in `tokenizer_config.json`, as Hugging
+Face model folders do), messages and tools are rendered with it and the result encoded: the exact prompt the
+worker builds (`chat_template`). A `tokenizer.json` alone carries no template, so messages are then framed
+generically: each message costs `FRAME_PER_MESSAGE` (4) tokens plus its
 role's tokens, which is what ChatML (`<|im_start|>role\\n...<|im_end|>\\n`) and Llama-3
 (`<|start_header_id|>role<|end_header_id|>\\n\\n...<|eot_id|>`) add and more than DeepSeek or GLM add; the
 reply is primed with `FRAME_PRIMING` (5: a BOS and the assistant header) plus the tokens of "assistant".
@@ -37,6 +40,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ..settings import ConfigError, ModelConfig
+from .chat_template import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +132,13 @@ def _token_id_count(prompt: list[Any]) -> int | None:
 
 
 class TokenCounter:
-    """Counts for one model: `tokenizer` is None for the estimate."""
+    """Counts for one model: `tokenizer` is None for the estimate; `template` renders chat messages exactly."""
 
-    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer | None = None, template: ChatTemplate | None = None) -> None:
         self.tokenizer = tokenizer
+        self.template = template if tokenizer is not None else None
         self._role_cost: dict[str, int] = {}
+        self._template_failed = False
 
     @property
     def exact(self) -> bool:
@@ -140,13 +146,31 @@ class TokenCounter:
 
     def count(self, *, messages: Messages | None = None, prompt: Prompt | None = None, tools: Any = None) -> int:
         total = 0
+        tools_counted = False
         if messages is not None:
-            total += self._count_messages(messages)
+            templated = self._count_templated(messages, tools)
+            if templated is not None:
+                total += templated
+                tools_counted = True
+            else:
+                total += self._count_messages(messages)
         if prompt is not None:
             total += self._count_prompt(prompt)
-        if tools:
+        if tools and not tools_counted:
             total += self._count_texts([_as_text(tools)]) + (FRAME_PER_MESSAGE if self.exact else ESTIMATE_PER_MESSAGE)
         return total
+
+    def _count_templated(self, messages: Messages, tools: Any) -> int | None:
+        if self.template is None or self.tokenizer is None:
+            return None
+        try:
+            rendered = self.template.render(list(messages), tools)
+        except Exception as exc:  # a template may reject a request (e.g. roles out of order); count generically
+            if not self._template_failed:
+                log.warning("chat template failed (%s); counting with generic framing where it does", exc)
+                self._template_failed = True
+            return None
+        return len(self.tokenizer.encode(rendered, add_special_tokens=False).ids)
 
     def _count_texts(self, texts: Sequence[str]) -> int:
         if self.tokenizer is None:
@@ -219,8 +243,14 @@ class TokenCounters:
                 continue
             counter = cache.get(m.tokenizer) or self._by_path.get(m.tokenizer)
             if counter is None:
-                counter = TokenCounter(load_tokenizer(m.tokenizer))
-                log.info("loaded tokenizer for %s from %s", m.name, m.tokenizer)
+                template = ChatTemplate.beside(m.tokenizer)
+                counter = TokenCounter(load_tokenizer(m.tokenizer), template)
+                log.info(
+                    "loaded tokenizer for %s from %s (%s)",
+                    m.name,
+                    m.tokenizer,
+                    "with its chat template" if template is not None else "generic chat framing",
+                )
             self._by_path[m.tokenizer] = counter
             self._by_model[m.name] = counter
         self._estimate = TokenCounter(None)
