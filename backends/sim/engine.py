@@ -1,0 +1,309 @@
+"""The simulated scheduler: admits up to `max_running` requests, queues the rest, and paces their tokens.
+
+Each request runs in its own task, apart from the HTTP response that reads its events. That split is
+what lets the simulator behave like SGLang when a client leaves: the response stops, but generation goes
+on until the disconnect is "noticed" `disconnect_detect_ms` later. Only `/abort_request` stops a request
+at once, so the gateway's tests can tell whether the gateway called it.
+
+A request holds one slot whatever its `n`; its choices advance together, one token each per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .metrics import SimMetrics
+from .model import ChoicePlan, FinishReason, TimingModel
+from .stats import RequestRecord, Settled, SimStats
+
+StopReason = Literal["abort", "disconnected", "dropped", "shutdown"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """Choice `index` generated one token; `text` may be empty (part of a matched stop string)."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinishEvent:
+    """Choice `index` ended."""
+
+    index: int
+    reason: FinishReason
+    matched_stop: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndEvent:
+    """The request left the engine; always the last event."""
+
+    status: Settled
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = TokenEvent | FinishEvent | EndEvent
+
+
+class RequestHandle:
+    """One request inside the engine: its plan, its event queue, and the ways to stop it."""
+
+    def __init__(
+        self,
+        rid: str,
+        choices: Sequence[ChoicePlan],
+        prompt_tokens: int,
+        *,
+        record: RequestRecord | None,
+        stall_s: float = 0.0,
+        disconnect_detect_s: float = 0.0,
+    ) -> None:
+        self.rid = rid
+        self.choices = tuple(choices)
+        self.prompt_tokens = prompt_tokens
+        self.record = record
+        self.stall_s = stall_s
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.stop_reason: StopReason | None = None
+        self.finished = False
+        self.generated = [0] * len(self.choices)
+        self.ended = [False] * len(self.choices)
+        self.arrived_at = time.monotonic()
+        self._disconnect_detect_s = disconnect_detect_s
+        self._stop = asyncio.Event()
+        self.admission: asyncio.Future[bool] | None = None
+        self._detect_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far, over all choices."""
+        return sum(self.generated)
+
+    def stop(self, reason: StopReason) -> bool:
+        """Stop the request at its next step; the first reason wins. False when it had already ended."""
+        if self.finished or self.stop_reason is not None:
+            return False
+        self.stop_reason = reason
+        self._stop.set()
+        if self.admission is not None and not self.admission.done():
+            self.admission.set_result(False)
+        return True
+
+    def client_gone(self) -> None:
+        """The client left: stop after `disconnect_detect_s`, unless it ends or is aborted first."""
+        if self.finished or self._detect_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._detect_timer = loop.call_later(self._disconnect_detect_s, self.stop, "disconnected")
+
+    async def pause(self, seconds: float) -> bool:
+        """Let `seconds` pass; True when the request was stopped meanwhile (or before)."""
+        if self._stop.is_set():
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _close(self) -> None:
+        self.finished = True
+        if self._detect_timer is not None:
+            self._detect_timer.cancel()
+
+
+class Engine:
+    """Runs `RequestHandle`s under the slot limit and the timing model, and settles them in `SimStats`."""
+
+    def __init__(
+        self,
+        *,
+        max_running: int,
+        kv_capacity_tokens: int,
+        timing: TimingModel,
+        stats: SimStats,
+        metrics: SimMetrics | None = None,
+    ) -> None:
+        self.max_running = max_running
+        self.kv_capacity_tokens = kv_capacity_tokens
+        self.timing = timing
+        self.stats = stats
+        self.metrics = metrics
+        self.running = 0
+        self.kv_used_tokens = 0
+        self.queued_prompt_tokens = 0
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._visible: dict[str, RequestHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    def token_usage(self) -> float:
+        """Share of the KV pool in use, 0..1."""
+        return min(1.0, self.kv_used_tokens / self.kv_capacity_tokens)
+
+    def active_rids(self) -> list[str]:
+        """Rids of requests queued or running (health probes excluded)."""
+        return list(self._visible)
+
+    def is_active(self, rid: str) -> bool:
+        """Whether a request with this rid is queued or running."""
+        return rid in self._visible
+
+    def submit(self, handle: RequestHandle) -> None:
+        """Start a request; its events arrive on `handle.events`, ending with an `EndEvent`."""
+        if handle.record is not None:
+            self._visible[handle.rid] = handle
+        task = asyncio.get_running_loop().create_task(self._run(handle), name=f"sim-request-{handle.rid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def abort(self, rid: str) -> bool:
+        """`/abort_request {"rid": ...}`: stop that request now. False when no such request runs."""
+        handle = self._visible.get(rid)
+        return handle.stop("abort") if handle is not None else False
+
+    def abort_all(self) -> int:
+        """`/abort_request {"abort_all": true}`: stop every request; returns how many were stopped."""
+        return sum(handle.stop("abort") for handle in list(self._visible.values()))
+
+    async def aclose(self) -> None:
+        """Stop every request (server shutdown) and wait for their tasks."""
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, handle: RequestHandle) -> None:
+        admitted = False
+        try:
+            admitted = await self._admit(handle)
+            if admitted:
+                await self._generate(handle)
+        except asyncio.CancelledError:
+            handle.stop("shutdown")
+            raise
+        finally:
+            if admitted:
+                self._release(handle)
+            self._settle(handle)
+
+    async def _admit(self, handle: RequestHandle) -> bool:
+        if handle.stop_reason is not None:
+            return False
+        if self.running < self.max_running and not any(not waiter.done() for waiter in self._waiters):
+            self.running += 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        handle.admission = waiter
+        self._waiters.append(waiter)
+        self.queued_prompt_tokens += handle.prompt_tokens
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Cancelled right after a slot was handed over: give it back, or it leaks.
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._hand_over_slot()
+            raise
+        finally:
+            handle.admission = None
+            self.queued_prompt_tokens -= handle.prompt_tokens
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _hand_over_slot(self) -> None:
+        # A freed slot goes straight to the oldest waiter, so the running count never dips and re-rises.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self.running -= 1
+
+    def _release(self, handle: RequestHandle) -> None:
+        self.kv_used_tokens -= handle.prompt_tokens + handle.completion_tokens
+        self._hand_over_slot()
+
+    async def _generate(self, handle: RequestHandle) -> None:
+        if handle.record is not None:
+            handle.record.status = "running"
+        self.kv_used_tokens += handle.prompt_tokens
+        if self.metrics is not None and handle.record is not None:
+            self.metrics.observe_prompt(handle.prompt_tokens)
+        if await handle.pause(self.timing.ttft_s(handle.prompt_tokens) + handle.stall_s):
+            return
+        if self.metrics is not None and handle.record is not None:
+            self.metrics.observe_ttft(time.monotonic() - handle.arrived_at)
+        step = 0
+        while True:
+            produced = self._step(handle, step)
+            self.kv_used_tokens += produced
+            if self.metrics is not None:
+                self.metrics.observe_tokens(produced)
+            if all(handle.ended):
+                return
+            step += 1
+            if await handle.pause(self.timing.itl_s(self.running)):
+                return
+
+    def _step(self, handle: RequestHandle, step: int) -> int:
+        produced = 0
+        for index, plan in enumerate(handle.choices):
+            if handle.ended[index]:
+                continue
+            if step < plan.tokens:
+                handle.events.put_nowait(TokenEvent(index, plan.pieces[step]))
+                handle.generated[index] += 1
+                produced += 1
+            if handle.generated[index] >= plan.tokens:
+                handle.ended[index] = True
+                handle.events.put_nowait(FinishEvent(index, plan.finish_reason, plan.matched_stop))
+        if handle.record is not None:
+            handle.record.completion_tokens = handle.completion_tokens
+        return produced
+
+    def _settle(self, handle: RequestHandle) -> None:
+        handle._close()
+        if self._visible.get(handle.rid) is handle:
+            del self._visible[handle.rid]
+        status: Settled = "completed"
+        reasons = [plan.finish_reason for plan in handle.choices]
+        if not all(handle.ended):
+            status = _STATUS_BY_STOP[handle.stop_reason or "shutdown"]
+            for index, ended in enumerate(handle.ended):
+                if not ended:
+                    reasons[index] = "abort"
+                    handle.events.put_nowait(FinishEvent(index, "abort"))
+        if handle.record is not None:
+            handle.record.completion_tokens = handle.completion_tokens
+            finish = "abort" if "abort" in reasons else (reasons[0] if reasons else None)
+            error = _ERROR_BY_STOP.get(handle.stop_reason) if status != "completed" else None
+            self.stats.settle(handle.record, status, finish_reason=finish, error=error)
+            if self.metrics is not None:
+                self.metrics.observe_finished(time.monotonic() - handle.arrived_at, aborted=status == "aborted")
+        handle.events.put_nowait(EndEvent(status, handle.prompt_tokens, handle.completion_tokens))
+
+
+_STATUS_BY_STOP: dict[StopReason, Settled] = {
+    "abort": "aborted",
+    "disconnected": "disconnected",
+    "dropped": "failed",
+    "shutdown": "failed",
+}
+_ERROR_BY_STOP: dict[StopReason | None, str] = {
+    "dropped": "connection cut by the drop_after_tokens fault",
+    "shutdown": "server shut down",
+}
