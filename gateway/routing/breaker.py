@@ -24,7 +24,7 @@ class BreakerState(StrEnum):
 
 
 class CircuitBreaker:
-    __slots__ = ("_clock", "_opened_at", "_state", "_trial_out", "failure_threshold", "failures", "open_s")
+    __slots__ = ("_clock", "_opened_at", "_state", "_trial_out", "closed", "failure_threshold", "failures", "open_s")
 
     def __init__(self, failure_threshold: int, open_s: float, clock: Clock = time.monotonic) -> None:
         self.failure_threshold = failure_threshold
@@ -32,6 +32,7 @@ class CircuitBreaker:
         self.failures = 0
         self._clock = clock
         self._state = BreakerState.CLOSED
+        self.closed = True  # the state is CLOSED: a plain attribute, read on every routing decision
         self._opened_at = 0.0
         self._trial_out = False
 
@@ -44,6 +45,8 @@ class CircuitBreaker:
         return self._state
 
     def allows_request(self) -> bool:
+        if self.closed:
+            return True
         state = self.state
         return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self._trial_out)
 
@@ -63,6 +66,7 @@ class CircuitBreaker:
         if state is BreakerState.OPEN:
             return
         self._state = BreakerState.CLOSED
+        self.closed = True
         self.failures = 0
         self._trial_out = False
 
@@ -80,5 +84,6 @@ class CircuitBreaker:
 
     def _open(self) -> None:
         self._state = BreakerState.OPEN
+        self.closed = False
         self._opened_at = self._clock()
         self._trial_out = False

@@ -38,7 +38,10 @@ from .workers import Worker
 log = logging.getLogger(__name__)
 
 # Prompts with more text than this are counted on a thread so the event loop keeps serving other requests.
-OFFLOAD_CHARS = 64 * 1024
+# A tokenizer encodes roughly 0.5-1M tokens/s, so 8 KiB (~2K tokens) is a few ms: about what a thread hop
+# is worth. The estimate does ~1 GB/s, so it stays on the loop until the text is really big.
+OFFLOAD_CHARS_EXACT = 8 * 1024
+OFFLOAD_CHARS_ESTIMATE = 1024 * 1024
 # Affinity is decided by the conversation's opening: the messages up to and including the first user message,
 # at most this many characters of them. Every later turn of a conversation starts the same way, so it goes back
 # to the worker that has its earlier turns cached; requests sharing a long system prompt hash alike too.
@@ -163,9 +166,10 @@ class Router:
         prompt: Prompt | None = None,
         tools: Any = None,
     ) -> int:
-        """As `count_prompt_tokens`, on a worker thread when the prompt is large (over `OFFLOAD_CHARS`)."""
+        """As `count_prompt_tokens`, on a worker thread when the prompt is large (see `OFFLOAD_CHARS_*`)."""
         counter = self._counters.for_model(model)
-        if text_size(messages, prompt, tools) > OFFLOAD_CHARS:
+        limit = OFFLOAD_CHARS_EXACT if counter.exact else OFFLOAD_CHARS_ESTIMATE
+        if text_size(messages, prompt, tools) > limit:
             return await asyncio.to_thread(counter.count, messages=messages, prompt=prompt, tools=tools)
         return counter.count(messages=messages, prompt=prompt, tools=tools)
 
@@ -210,7 +214,10 @@ class Router:
         state = self._pools.get(pool)
         if state is None:
             raise NoHealthyWorker(f"No worker is available for pool '{pool}' right now.", retry_after_s=1.0)
-        candidates = [w for w in state.members if w.eligible and w.url not in exclude]
+        if exclude:
+            candidates = [w for w in state.members if w.breaker.allows_request() and w.url not in exclude]
+        else:
+            candidates = [w for w in state.members if w.breaker.allows_request()]
         if not candidates:
             wait = self._retry_after(state, exclude)
             raise NoHealthyWorker(

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from ..settings import ConfigError, ModelConfig
 from .chat_template import ChatTemplate
@@ -170,7 +170,7 @@ class TokenCounter:
                 log.warning("chat template failed (%s); counting with generic framing where it does", exc)
                 self._template_failed = True
             return None
-        return len(self.tokenizer.encode(rendered, add_special_tokens=False).ids)
+        return len(_encode(self.tokenizer, [rendered], add_special_tokens=False)[0].ids)
 
     def _count_texts(self, texts: Sequence[str]) -> int:
         if self.tokenizer is None:
@@ -178,10 +178,7 @@ class TokenCounter:
         texts = [t for t in texts if t]
         if not texts:
             return 0
-        if len(texts) == 1:
-            return len(self.tokenizer.encode(texts[0], add_special_tokens=False).ids)
-        # One batched call: the tokenizer spreads the texts over its threads and skips offsets.
-        return sum(len(e.ids) for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+        return sum(len(e.ids) for e in _encode(self.tokenizer, texts, add_special_tokens=False))
 
     def _role(self, role: str) -> int:
         cost = self._role_cost.get(role)
@@ -221,7 +218,14 @@ class TokenCounter:
             # +1 per prompt for the BOS a worker's tokenizer may add.
             return sum(utf8_len(p) + 1 for p in prompts)
         # With special tokens, as the worker encodes a completions prompt (BOS and all).
-        return sum(len(e.ids) for e in self.tokenizer.encode_batch_fast(prompts, add_special_tokens=True))
+        return sum(len(e.ids) for e in _encode(self.tokenizer, prompts, add_special_tokens=True))
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str], *, add_special_tokens: bool) -> list[Encoding]:
+    # `encode_batch_fast`, even for one text: unlike `encode` it releases the GIL while it works (so a count on
+    # a worker thread leaves the event loop running), spreads several texts over the tokenizer's threads, and
+    # skips the character offsets nobody here reads. Its ids are the same as `encode`'s.
+    return tokenizer.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

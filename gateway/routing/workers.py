@@ -13,7 +13,7 @@ class Worker:
     `/get_load` or `/metrics` poll, which also sees other replicas' traffic; `load` combines both.
     """
 
-    __slots__ = ("_in_flight_at_poll", "breaker", "in_flight", "load_polled_at", "picks", "polled_load", "pool", "url")
+    __slots__ = ("breaker", "extra_load", "in_flight", "load_polled_at", "picks", "polled_load", "pool", "url")
 
     def __init__(self, url: str, pool: str, breaker: CircuitBreaker) -> None:
         self.url = url
@@ -23,7 +23,7 @@ class Worker:
         self.picks = 0
         self.polled_load: int | None = None
         self.load_polled_at: float | None = None
-        self._in_flight_at_poll = 0
+        self.extra_load = 0
 
     @property
     def state(self) -> str:
@@ -43,17 +43,16 @@ class Worker:
     def load(self) -> int:
         """Requests on the worker: the polled figure plus what this gateway sent or finished since the poll.
 
-        The poll already includes our requests that were in flight when it was taken, so only the change
-        since then is added; never less than our own in-flight count.
+        The poll already counted our requests in flight when it was taken, so the figure is kept as
+        `extra_load`, what it saw beyond ours (other replicas' traffic), on top of our live in-flight count;
+        this equals polled + (in-flight now - in-flight at the poll), and is never below our own count.
         """
-        if self.polled_load is None:
-            return self.in_flight
-        return max(self.in_flight, self.polled_load + self.in_flight - self._in_flight_at_poll)
+        return self.in_flight + self.extra_load
 
     def set_polled_load(self, load: int | None, at: float) -> None:
         self.polled_load = load
         self.load_polled_at = at
-        self._in_flight_at_poll = self.in_flight
+        self.extra_load = 0 if load is None else max(0, load - self.in_flight)
 
     def __repr__(self) -> str:
         return f"Worker({self.url!r}, pool={self.pool!r}, state={self.state}, in_flight={self.in_flight})"

@@ -45,21 +45,20 @@ class PrefixAffinity:
         self.epsilon = epsilon
         self.slack = slack
         self._fallback = PowerOfTwo(rng=rng)
-        points = sorted((ring_hash(f"{w.url}#{v}"), w.url) for w in members for v in range(vnodes))
+        points = sorted((ring_hash(f"{w.url}#{v}"), i) for i, w in enumerate(members) for v in range(vnodes))
         self._hashes = [h for h, _ in points]
-        self._urls = [u for _, u in points]
+        self._ring = [members[i] for _, i in points]
         self.spills = 0  # requests the load bound sent elsewhere; for tests and metrics
 
     def ring_choice(self, workers: Sequence[Worker], key: str) -> Worker | None:
-        """The first eligible worker clockwise from the key's hash, ignoring load."""
-        by_url = {w.url: w for w in workers}
-        size = len(self._urls)
+        """The first of `workers` clockwise from the key's hash on the members' ring, ignoring load."""
+        size = len(self._ring)
         if size == 0:
             return None
         start = bisect.bisect_right(self._hashes, ring_hash(key))
         for step in range(size):
-            w = by_url.get(self._urls[(start + step) % size])
-            if w is not None:
+            w = self._ring[(start + step) % size]
+            if w in workers:  # Worker has no __eq__: an identity scan in C, cheaper than building a set
                 return w
         return None
 
@@ -69,10 +68,12 @@ class PrefixAffinity:
             return workers[0]
         choice = self.ring_choice(workers, key)
         if choice is not None:
-            total = 0
-            for w in workers:
-                total += w.load
-            if choice.load + 1 <= (1.0 + self.epsilon) * (total + 1) / n + self.slack:
+            need = choice.load + 1
+            # Cheap accept first: the bound can't be below this however the rest are loaded.
+            if need <= (1.0 + self.epsilon) * need / n + self.slack:
+                return choice
+            total = sum([w.in_flight + w.extra_load for w in workers])  # = sum of Worker.load, inlined
+            if need <= (1.0 + self.epsilon) * (total + 1) / n + self.slack:
                 return choice
             self.spills += 1
         return self._fallback.select(workers, key)
