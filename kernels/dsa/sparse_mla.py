@@ -1,0 +1,274 @@
+"""Sparse MLA over the 656-byte FP8 rows: each query row attends to its own selected slots.
+
+One program takes a block of heads of one query row (all heads share the latent rows, MLA being MQA-like) and one
+split of its index list. It gathers BLOCK_N rows, widens the e4m3 latent to bf16 (exact), and runs bf16 tensor-core
+dots with float32 accumulation. The per-tile scales are powers of two, so they are applied exactly outside the
+dots: to the scores of tile i after q_i . k_i, and to the probabilities before p . v_i. Few query rows (decode)
+split the index list over programs and merge the partial results through their log-sum-exp in a second kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from sparsegate.kernels.dsa._configs import autotune_configs, make_pruner, sm_count
+from sparsegate.kernels.dsa._layout import (
+    FP8,
+    LATENT_DIM,
+    LATENT_TILES,
+    MLA_ROPE_OFFSET,
+    MLA_ROW_BYTES,
+    MLA_SCALE_OFFSET,
+    QK_DIM,
+    QUANT_BLOCK,
+    ROPE_DIM,
+)
+
+MAX_SPLITS = 16
+MIN_SPLIT_LEN = 128  # indices per split below which merging costs more than it gains
+
+SPARSE_MLA_CANDIDATES = [
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+]
+# 64-head tiles hold a 64 x 512 float32 accumulator: without wgmma's shared-memory operands they spill on sm_89.
+SPARSE_MLA_HOPPER_ONLY = [c for c in SPARSE_MLA_CANDIDATES if c.kwargs["BLOCK_H"] == 64]
+SPARSE_MLA_INTERPRETER = triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=4, num_stages=1)
+
+
+def sparse_mla_shared_memory(config: triton.Config) -> int:
+    """Upper estimate: pipelined raw rows, the widened bf16 key tile and q as dot operands, and P."""
+    block_h, block_n = config.kwargs["BLOCK_H"], config.kwargs["BLOCK_N"]
+    raw_rows = config.num_stages * block_n * MLA_ROW_BYTES
+    operands = block_n * QK_DIM * 2 + block_h * QK_DIM * 2 + block_h * block_n * 2
+    return raw_rows + operands
+
+
+@triton.autotune(
+    configs=autotune_configs(SPARSE_MLA_CANDIDATES, SPARSE_MLA_INTERPRETER),
+    key=["H", "NUM_SPLITS", "TOPK"],
+    prune_configs_by={
+        "early_config_prune": make_pruner(
+            SPARSE_MLA_CANDIDATES, SPARSE_MLA_INTERPRETER, sparse_mla_shared_memory, "q_ptr", SPARSE_MLA_HOPPER_ONLY
+        )
+    },
+)
+@triton.jit
+def _sparse_mla_kernel(
+    q_ptr,  # [T, H, 576] bf16
+    row_fp8_ptr,  # the cache as e4m3 [S, 656]
+    row_f32_ptr,  # the cache as f32 [S, 164]
+    row_bf16_ptr,  # the cache as bf16 [S, 328]
+    idx_ptr,  # [T, TOPK] int32
+    out_ptr,  # NUM_SPLITS == 1: [T, H, 512] bf16; else [T, NUM_SPLITS, H, 512] f32
+    lse_ptr,  # NUM_SPLITS == 1: [T, H] f32; else [T, NUM_SPLITS, H] f32
+    qk_scale,  # sm_scale / ln 2: scores in the base-2 domain
+    H,
+    TOPK,
+    stride_qt,
+    stride_qh,
+    stride_it,
+    NUM_SPLITS: tl.constexpr,
+    SPLIT_LEN: tl.constexpr,
+    ROW_BYTES: tl.constexpr,
+    SCALE_OFFSET: tl.constexpr,
+    ROPE_OFFSET: tl.constexpr,
+    TILE: tl.constexpr,
+    ROPE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    t = tl.program_id(2)
+    split = tl.program_id(1)
+    heads = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H]
+    h_ok = heads < H
+    d = tl.arange(0, TILE)
+    r = tl.arange(0, ROPE)
+    q_rows = q_ptr + t.to(tl.int64) * stride_qt + heads[:, None] * stride_qh
+    q0 = tl.load(q_rows + d[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 128] bf16
+    q1 = tl.load(q_rows + (d + TILE)[None, :], mask=h_ok[:, None], other=0.0)
+    q2 = tl.load(q_rows + (d + 2 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
+    q3 = tl.load(q_rows + (d + 3 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
+    q_rope = tl.load(q_rows + (r + 4 * TILE)[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 64] bf16
+
+    m = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)  # running max, base-2 domain
+    denom = tl.zeros((BLOCK_H,), dtype=tl.float32)  # running sum of exp2
+    acc0 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+
+    begin = split * SPLIT_LEN
+    end = tl.minimum(begin + SPLIT_LEN, TOPK)
+    idx_row = idx_ptr + t.to(tl.int64) * stride_it
+    for start in range(begin, end, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        slot = tl.load(idx_row + n, mask=n < end, other=-1)
+        valid = slot >= 0
+        slot = tl.where(valid, slot, 0).to(tl.int64)
+        rows8 = row_fp8_ptr + slot[:, None] * ROW_BYTES
+        k0 = tl.load(rows8 + d[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)  # [BLOCK_N, 128]
+        k1 = tl.load(rows8 + (d + TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+        k2 = tl.load(rows8 + (d + 2 * TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+        k3 = tl.load(rows8 + (d + 3 * TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+        scales = row_f32_ptr + slot * (ROW_BYTES // 4) + SCALE_OFFSET // 4  # [BLOCK_N] pointers to 4 scales
+        s0 = tl.load(scales, mask=valid, other=0.0)
+        s1 = tl.load(scales + 1, mask=valid, other=0.0)
+        s2 = tl.load(scales + 2, mask=valid, other=0.0)
+        s3 = tl.load(scales + 3, mask=valid, other=0.0)
+        k_rope = tl.load(
+            row_bf16_ptr + slot[:, None] * (ROW_BYTES // 2) + (r + ROPE_OFFSET // 2)[None, :],
+            mask=valid[:, None],
+            other=0.0,
+        )  # [BLOCK_N, 64] bf16
+
+        scores = tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, BLOCK_N] f32
+        scores += tl.dot(q0, tl.trans(k0)) * s0[None, :]
+        scores += tl.dot(q1, tl.trans(k1)) * s1[None, :]
+        scores += tl.dot(q2, tl.trans(k2)) * s2[None, :]
+        scores += tl.dot(q3, tl.trans(k3)) * s3[None, :]
+        scores = tl.where(valid[None, :], scores * qk_scale, float("-inf"))
+
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no valid slot yet: keep exp2 finite
+        alpha = tl.exp2(m - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])  # [BLOCK_H, BLOCK_N]
+        denom = denom * alpha + tl.sum(p, axis=1)
+        acc0 = acc0 * alpha[:, None] + tl.dot((p * s0[None, :]).to(tl.bfloat16), k0)
+        acc1 = acc1 * alpha[:, None] + tl.dot((p * s1[None, :]).to(tl.bfloat16), k1)
+        acc2 = acc2 * alpha[:, None] + tl.dot((p * s2[None, :]).to(tl.bfloat16), k2)
+        acc3 = acc3 * alpha[:, None] + tl.dot((p * s3[None, :]).to(tl.bfloat16), k3)
+        m = m_new
+
+    seen = denom > 0.0
+    denom_safe = tl.where(seen, denom, 1.0)  # rows without a valid slot divide nothing and take no log of zero
+    inv_l = tl.where(seen, 1.0 / denom_safe, 0.0)
+    lse = tl.where(seen, (m + tl.log2(denom_safe)) * 0.6931471805599453, float("-inf"))  # ln 2: back to natural log
+    if NUM_SPLITS == 1:
+        o_rows = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * (4 * TILE)
+        tl.store(o_rows + d[None, :], (acc0 * inv_l[:, None]).to(tl.bfloat16), mask=h_ok[:, None])
+        tl.store(o_rows + (d + TILE)[None, :], (acc1 * inv_l[:, None]).to(tl.bfloat16), mask=h_ok[:, None])
+        tl.store(o_rows + (d + 2 * TILE)[None, :], (acc2 * inv_l[:, None]).to(tl.bfloat16), mask=h_ok[:, None])
+        tl.store(o_rows + (d + 3 * TILE)[None, :], (acc3 * inv_l[:, None]).to(tl.bfloat16), mask=h_ok[:, None])
+        tl.store(lse_ptr + t.to(tl.int64) * H + heads, lse, mask=h_ok)
+    else:
+        part = (t.to(tl.int64) * NUM_SPLITS + split) * H + heads  # [BLOCK_H] partial rows
+        o_rows = out_ptr + part[:, None] * (4 * TILE)
+        tl.store(o_rows + d[None, :], acc0 * inv_l[:, None], mask=h_ok[:, None])
+        tl.store(o_rows + (d + TILE)[None, :], acc1 * inv_l[:, None], mask=h_ok[:, None])
+        tl.store(o_rows + (d + 2 * TILE)[None, :], acc2 * inv_l[:, None], mask=h_ok[:, None])
+        tl.store(o_rows + (d + 3 * TILE)[None, :], acc3 * inv_l[:, None], mask=h_ok[:, None])
+        tl.store(lse_ptr + part, lse, mask=h_ok)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    part_ptr,  # [T, NUM_SPLITS, H, 512] f32, each split normalized by its own sum
+    part_lse_ptr,  # [T, NUM_SPLITS, H] f32, natural log
+    out_ptr,  # [T, H, 512] bf16
+    lse_ptr,  # [T, H] f32
+    H,
+    NUM_SPLITS: tl.constexpr,
+    DV: tl.constexpr,
+):
+    t = tl.program_id(1)
+    h = tl.program_id(0)
+    s = tl.arange(0, NUM_SPLITS)
+    v = tl.arange(0, DV)
+    part = (t.to(tl.int64) * NUM_SPLITS + s) * H + h  # [NUM_SPLITS]
+    lse_s = tl.load(part_lse_ptr + part)  # [NUM_SPLITS]
+    top = tl.max(lse_s, axis=0)
+    top_safe = tl.where(top == float("-inf"), 0.0, top)
+    weight = tl.exp(lse_s - top_safe)  # [NUM_SPLITS], 0 for empty splits
+    total = tl.sum(weight, axis=0)
+    o = tl.sum(tl.load(part_ptr + part[:, None] * DV + v[None, :]) * weight[:, None], axis=0)  # [512]
+    seen = total > 0.0
+    total_safe = tl.where(seen, total, 1.0)
+    o = tl.where(seen, o / total_safe, 0.0)
+    tl.store(out_ptr + (t.to(tl.int64) * H + h) * DV + v, o.to(tl.bfloat16))
+    tl.store(lse_ptr + t.to(tl.int64) * H + h, tl.where(seen, top_safe + tl.log(total_safe), float("-inf")))
+
+
+def choose_splits(tokens: int, heads: int, topk: int, multiprocessors: int) -> int:
+    """Split the index list until the grid (at 16 heads per program) covers half the multiprocessors.
+
+    A power of two up to 16 that leaves each split >= 128 indices: with more, the partials' read and write cost
+    more than the parallelism gains. Depends on shapes only, so a captured graph keeps its grid.
+    """
+    base = tokens * triton.cdiv(heads, 16)
+    splits = 1
+    while base * splits < multiprocessors // 2 and splits < MAX_SPLITS and topk // (2 * splits) >= MIN_SPLIT_LEN:
+        splits *= 2
+    return splits
+
+
+def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple[Tensor, Tensor]:
+    """Attention of each query row over its own selected FP8 MLA rows; returns (out, lse).
+
+    q: bf16 [T, H, 576] (512 latent + 64 rope, 8..128 heads); kv: uint8 [S, 656]; indices: int32 [T, topk] slots,
+    -1 for none. Returns out bf16 [T, H, 512] and lse f32 [T, H] (natural log). A row without any valid slot gives
+    zeros and lse = -inf. Few rows split the index list (split-K); the split count depends on shapes only.
+    """
+    if q.dim() != 3 or q.shape[-1] != QK_DIM or q.dtype != torch.bfloat16:
+        raise ValueError(f"q must be bf16 [T, H, {QK_DIM}] (512 latent + 64 rope), got {q.dtype} {tuple(q.shape)}")
+    tokens, heads, _ = q.shape
+    if not 1 <= heads <= 128:
+        raise ValueError(f"sparse_mla takes 1..128 heads per call, got {heads}; split the heads across calls")
+    if kv.dtype != torch.uint8 or kv.dim() != 2 or kv.shape[1] != MLA_ROW_BYTES or not kv.is_contiguous():
+        raise ValueError(f"kv must be a contiguous uint8 [S, {MLA_ROW_BYTES}] cache, got {kv.dtype} {tuple(kv.shape)}")
+    if indices.dim() != 2 or indices.shape[0] != tokens or indices.dtype != torch.int32:
+        raise ValueError(f"indices must be int32 [T, topk] with T = {tokens}, got {indices.dtype} {indices.shape}")
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    indices = indices if indices.stride(1) == 1 else indices.contiguous()
+    topk = indices.shape[1]
+    out = torch.empty(tokens, heads, LATENT_DIM, dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty(tokens, heads, dtype=torch.float32, device=q.device)
+    if tokens == 0:
+        return out, lse
+    splits = choose_splits(tokens, heads, topk, sm_count(q))
+    split_len = triton.cdiv(topk, splits)
+    if splits == 1:
+        part, part_lse = out, lse
+    else:
+        part = torch.empty(tokens, splits, heads, LATENT_DIM, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(tokens, splits, heads, dtype=torch.float32, device=q.device)
+
+    def grid(meta: dict[str, int]) -> tuple[int, int, int]:
+        return (triton.cdiv(heads, meta["BLOCK_H"]), splits, tokens)
+
+    _sparse_mla_kernel[grid](
+        q,
+        kv.view(FP8),
+        kv.view(torch.float32),
+        kv.view(torch.bfloat16),
+        indices,
+        part,
+        part_lse,
+        sm_scale * 1.4426950408889634,  # 1 / ln 2
+        heads,
+        topk,
+        q.stride(0),
+        q.stride(1),
+        indices.stride(0),
+        NUM_SPLITS=splits,
+        SPLIT_LEN=split_len,
+        ROW_BYTES=MLA_ROW_BYTES,
+        SCALE_OFFSET=MLA_SCALE_OFFSET,
+        ROPE_OFFSET=MLA_ROPE_OFFSET,
+        TILE=QUANT_BLOCK,
+        ROPE=ROPE_DIM,
+    )
+    if splits > 1:
+        _merge_splits_kernel[(heads, tokens)](part, part_lse, out, lse, heads, NUM_SPLITS=splits, DV=LATENT_DIM)
+    return out, lse
+
+
+assert LATENT_TILES == 4  # the kernel unrolls the four latent tiles by hand
