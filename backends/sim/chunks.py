@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .errors import status_phrase
+
 DONE = b"data: [DONE]\n\n"
 
 
@@ -74,7 +76,7 @@ class Shape:
 
     def error_event(self, message: str, status: int) -> dict[str, Any]:
         """An error after the first byte, as SGLang streams it."""
-        return {"error": {"message": message, "type": "InternalServerError", "param": None, "code": status}}
+        return {"error": {"message": message, "type": status_phrase(status), "param": None, "code": status}}
 
     def choice(self, index: int, text: str, reason: str | None, matched_stop: str | None) -> dict[str, Any]:
         """One choice of a non-streamed response."""

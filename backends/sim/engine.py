@@ -178,7 +178,11 @@ class Engine:
 
     def abort_all(self) -> int:
         """`/abort_request {"abort_all": true}`: stop every request; returns how many were stopped."""
-        return sum(handle.stop("abort") for handle in list(self._visible.values()))
+        return self.stop_all("abort")
+
+    def stop_all(self, reason: StopReason) -> int:
+        """Stop every request (health probes end on their own); returns how many were stopped."""
+        return sum(handle.stop(reason) for handle in list(self._visible.values()))
 
     async def aclose(self) -> None:
         """Stop every request (server shutdown) and wait for their tasks."""

@@ -78,7 +78,11 @@ def wait_ready(url: str, timeout: float = 15.0, *, proc: subprocess.Popen[bytes]
 
 
 def stop_sim(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout`; returns the exit status."""
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; returns the exit status.
+
+    A sim that shut down gracefully on SIGTERM reports `-signal.SIGTERM`: uvicorn re-raises the signal
+    after its shutdown so the status tells how the process ended.
+    """
     if proc.poll() is None:
         proc.terminate()
         try:
