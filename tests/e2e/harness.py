@@ -110,6 +110,9 @@ class Sim:
         data: dict[str, Any] = httpx.get(self.url + "/sim/stats", timeout=5).json()
         return data
 
+    def reset(self) -> None:
+        httpx.post(self.url + "/sim/reset", timeout=5).raise_for_status()
+
     def faults(self, **faults: Any) -> None:
         httpx.post(self.url + "/sim/faults", json=faults, timeout=5).raise_for_status()
 

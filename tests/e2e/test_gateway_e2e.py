@@ -13,21 +13,49 @@ import pytest
 from tests.e2e.harness import KEY_ACME, MODEL, Gateway, Sim, tenant, wait_until
 
 
+def _config(sim: Sim) -> dict[str, Any]:
+    return {
+        "tenants": [tenant("acme", KEY_ACME, limits={"rpm": 10_000, "tpm": 10_000_000})],
+        "pools": [{"name": "short", "model": MODEL, "max_context": 32_768, "workers": [sim.url]}],
+        "max_request_bytes": 64 * 1024,
+    }
+
+
+@pytest.fixture(scope="module")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
+    # One gateway and one sim for the module: starting processes dominates these tests' time.
+    workdir = tmp_path_factory.mktemp("core")
+    sim = Sim(model=MODEL, max_context=32_768, args=["--itl-ms", "2"], workdir=workdir).start()
+    gw = Gateway(config=_config(sim), workdir=workdir).start()
+    yield gw, sim
+    gw.stop()
+    sim.stop()
+
+
 @pytest.fixture
-def stack(sims: Callable[..., Sim], gateways: Callable[..., Gateway]) -> Iterator[tuple[Gateway, Sim]]:
-    sim = sims(max_context=32_768, args=["--itl-ms", "2"])
-    gw = gateways(
-        {
-            "tenants": [tenant("acme", KEY_ACME, limits={"rpm": 10_000, "tpm": 10_000_000})],
-            "pools": [{"name": "short", "model": MODEL, "max_context": 32_768, "workers": [sim.url]}],
-            "max_request_bytes": 64 * 1024,
-        }
-    )
-    return gw, sim
+def stack(shared_stack: tuple[Gateway, Sim]) -> tuple[Gateway, Sim]:
+    _, sim = shared_stack
+    # a previous test's aborted request may still be winding down on the sim
+    assert wait_until(lambda: sim.stats()["active"] == 0, timeout=5)
+    sim.faults(error_rate=0.0, stall_ms=0.0, drop_after_tokens=None, unhealthy=False)
+    sim.reset()
+    return shared_stack
+
+
+_open_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
 
 
 def client(gw: Gateway, key: str = KEY_ACME, **kw: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, **kw)
+    c = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, **kw)
+    _open_clients.append(c)
+    return c
 
 
 def sse_events(body: str) -> list[str]:
@@ -235,8 +263,7 @@ def test_mid_stream_worker_failure_raises_api_error(stack: tuple[Gateway, Sim]) 
 
 def test_client_disconnect_aborts_on_the_worker(stack: tuple[Gateway, Sim]) -> None:
     gw, sim = stack
-    sim.faults(drop_after_tokens=None)
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "stream": True}
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "ignore_eos": True, "stream": True}
     with (
         httpx.Client(timeout=10) as http,
         http.stream(
@@ -253,7 +280,7 @@ def test_client_disconnect_aborts_on_the_worker(stack: tuple[Gateway, Sim]) -> N
 
 def test_non_stream_disconnect_aborts_too(stack: tuple[Gateway, Sim]) -> None:
     gw, sim = stack
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5000}
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY_ACME}"}, timeout=0.5
@@ -279,8 +306,8 @@ def test_health_and_docs(stack: tuple[Gateway, Sim]) -> None:
     assert "/v1/chat/completions" in spec["paths"]
 
 
-def test_request_log_has_no_secrets(stack: tuple[Gateway, Sim]) -> None:
-    gw, _ = stack
+def test_request_log_has_no_secrets(sims: Callable[..., Sim], gateways: Callable[..., Gateway]) -> None:
+    gw = gateways(_config(sims(max_context=32_768)))
     secret_prompt = "my-secret-prompt-text-42"
     client(gw).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": secret_prompt}])
     with pytest.raises(openai.AuthenticationError):
