@@ -79,7 +79,7 @@ class RequestHandle:
         self.ended = [False] * len(self.choices)
         self.arrived_at = time.monotonic()
         self._disconnect_detect_s = disconnect_detect_s
-        self._stop = asyncio.Event()
+        self._waker: asyncio.Future[None] | None = None
         self.admission: asyncio.Future[bool] | None = None
         self._detect_timer: asyncio.TimerHandle | None = None
 
@@ -93,7 +93,8 @@ class RequestHandle:
         if self.finished or self.stop_reason is not None:
             return False
         self.stop_reason = reason
-        self._stop.set()
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
         if self.admission is not None and not self.admission.done():
             self.admission.set_result(False)
         return True
@@ -105,21 +106,34 @@ class RequestHandle:
         loop = asyncio.get_running_loop()
         self._detect_timer = loop.call_later(self._disconnect_detect_s, self.stop, "disconnected")
 
-    async def pause(self, seconds: float) -> bool:
-        """Let `seconds` pass; True when the request was stopped meanwhile (or before)."""
-        if self._stop.is_set():
-            return True
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stop.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def pause_until(self, deadline: float) -> bool:
+        """Wait until `deadline` (loop time); True when the request was stopped meanwhile (or before).
 
-    def _close(self) -> None:
+        One future and one timer, as cheap as `asyncio.sleep`: this runs once per token of every request.
+        """
+        if self.stop_reason is not None:
+            return True
+        loop = asyncio.get_running_loop()
+        waker: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_at(deadline, _wake, waker)
+        self._waker = waker
+        try:
+            await waker
+        finally:
+            timer.cancel()
+            self._waker = None
+        return self.stop_reason is not None
+
+    def mark_finished(self) -> None:
+        """Called once by the engine when the request leaves it."""
         self.finished = True
         if self._detect_timer is not None:
             self._detect_timer.cancel()
+
+
+def _wake(waker: asyncio.Future[None]) -> None:
+    if not waker.done():
+        waker.set_result(None)
 
 
 class Engine:
@@ -142,6 +156,8 @@ class Engine:
         self.running = 0
         self.kv_used_tokens = 0
         self.queued_prompt_tokens = 0
+        self.last_output_at = 0.0
+        """`time.monotonic()` of the last token any request produced: the scheduler's heartbeat."""
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._visible: dict[str, RequestHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -247,20 +263,26 @@ class Engine:
         self.kv_used_tokens += handle.prompt_tokens
         if self.metrics is not None and handle.record is not None:
             self.metrics.observe_prompt(handle.prompt_tokens)
-        if await handle.pause(self.timing.ttft_s(handle.prompt_tokens) + handle.stall_s):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timing.ttft_s(handle.prompt_tokens) + handle.stall_s
+        if await handle.pause_until(deadline):
             return
         if self.metrics is not None and handle.record is not None:
             self.metrics.observe_ttft(time.monotonic() - handle.arrived_at)
         step = 0
         while True:
             produced = self._step(handle, step)
+            self.last_output_at = time.monotonic()
             self.kv_used_tokens += produced
             if self.metrics is not None:
                 self.metrics.observe_tokens(produced)
             if all(handle.ended):
                 return
             step += 1
-            if await handle.pause(self.timing.itl_s(self.running)):
+            # Pace by deadlines so the work of a step does not stretch the ITL; never schedule in the past,
+            # so a loop that fell behind resumes at the model's pace instead of bursting to catch up.
+            deadline = max(deadline + self.timing.itl_s(self.running), loop.time())
+            if await handle.pause_until(deadline):
                 return
 
     def _step(self, handle: RequestHandle, step: int) -> int:
@@ -280,7 +302,7 @@ class Engine:
         return produced
 
     def _settle(self, handle: RequestHandle) -> None:
-        handle._close()
+        handle.mark_finished()
         if self._visible.get(handle.rid) is handle:
             del self._visible[handle.rid]
         status: Settled = "completed"

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from .chunks import DONE, ChatShape, CompletionShape, Shape, sse
-from .engine import EndEvent, FinishEvent, RequestHandle
+from .engine import EndEvent, Event, FinishEvent, RequestHandle
 from .errors import BadRequest, InjectedFailure, SimError, Unhealthy
 from .model import ChoicePlan, plan_choice
 from .protocol import Endpoint, GenerationRequest, check_context, parse_chat, parse_completion, parse_json_object
@@ -27,6 +27,7 @@ from .stats import RequestRecord
 
 PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 RID_PREFIXES: dict[Endpoint, str] = {"chat": "chatcmpl", "completions": "cmpl"}
+HEALTH_POLL_S = 0.05  # how often a queued health probe looks for other requests' tokens
 
 
 async def serve_generation(request: Request, state: SimState, endpoint: Endpoint) -> Response:
@@ -168,9 +169,14 @@ def _choices(
 
 
 async def probe_health(state: SimState) -> bool:
-    """`/health_generate`: one real token through the engine (queue, TTFT, stall) within the timeout."""
+    """`/health_generate`: one real token through the engine (queue, TTFT, stall) within the timeout.
+
+    As in SGLang, any token the engine produces after the probe started proves it alive, so a busy
+    worker whose queue delays the probe still answers 200; a stalled one does not.
+    """
     if state.faults.settings.unhealthy:
         return False
+    started = time.monotonic()
     handle = RequestHandle(
         f"HEALTH_CHECK_{uuid.uuid4().hex}",
         [ChoicePlan(("ok",), "length")],
@@ -181,9 +187,19 @@ async def probe_health(state: SimState) -> bool:
     state.engine.submit(handle)
     try:
         async with asyncio.timeout(state.config.health_timeout_s):
-            while not isinstance(await handle.events.get(), EndEvent):
-                pass
+            while state.engine.last_output_at <= started:
+                if isinstance(await _next_event(handle, HEALTH_POLL_S), EndEvent):
+                    break
     except TimeoutError:
-        handle.stop("abort")
         return False
-    return handle.stop_reason is None
+    finally:
+        handle.stop("abort")  # a no-op once it has ended
+    return state.engine.last_output_at > started
+
+
+async def _next_event(handle: RequestHandle, wait_s: float) -> Event | None:
+    try:
+        async with asyncio.timeout(wait_s):
+            return await handle.events.get()
+    except TimeoutError:
+        return None

@@ -382,11 +382,12 @@ async def test_queue_and_abort_all(make_sim: MakeSim) -> None:
         for i in range(3)
     ]
 
-    async def two_waiting() -> bool:
+    async def two_waiting_one_decoding() -> bool:
         [load] = (await sim.client.get("/get_load")).json()
-        return bool(load["num_waiting_reqs"] == 2 and load["num_reqs"] == 3)
+        decoding = any(entry["completion_tokens"] > 0 for entry in (await sim.stats())["recent"])
+        return bool(load["num_waiting_reqs"] == 2 and load["num_reqs"] == 3 and decoding)
 
-    await wait_until(two_waiting)
+    await wait_until(two_waiting_one_decoding)
     metrics = (await sim.client.get("/metrics")).text
     assert 'sglang:num_queue_reqs{model_name="sim-a"} 2.0' in metrics
     assert 'sglang:num_running_reqs{model_name="sim-a"} 1.0' in metrics
@@ -540,3 +541,15 @@ async def test_recent_is_bounded(make_sim: MakeSim) -> None:
     stats = await sim.stats()
     assert [entry["rid"] for entry in stats["recent"]] == ["r-2", "r-3", "r-4"]
     assert stats["received"] == 5
+
+
+async def test_health_generate_is_200_when_busy_but_progressing(make_sim: MakeSim) -> None:
+    sim = await make_sim(max_running=1, itl_ms=5.0, health_timeout_s=2.0)
+    task = asyncio.create_task(sim.client.post(CHAT, json=chat_body(rid="busy", max_tokens=400, ignore_eos=True)))
+    await _wait_tokens(sim, "busy", 1)
+    started = time.monotonic()
+    assert (await sim.client.get("/health_generate")).status_code == 200  # its probe queued, yet tokens flow
+    assert time.monotonic() - started < 1.0
+    await sim.client.post("/abort_request", json={"abort_all": True})
+    await task
+    assert (await sim.stats())["queued"] == 0
