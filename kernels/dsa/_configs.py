@@ -5,8 +5,9 @@ named predicates, so that an Ada (sm_89) run never picks a config tuned for an H
 
 - `fits_ada_shared_memory`: the config's estimated shared memory fits 101,376 bytes (99 KiB), Ada's per-block limit.
   tests/kernels/test_sm89_fit.py compiles every config that survives for sm_89 and checks the real figure.
-- `needs_hopper`: configs a kernel lists as Hopper-only (large head tiles whose accumulators fit only with wgmma,
-  which keeps an operand in shared memory) are dropped below sm_90.
+- `needs_hopper`: configs a kernel lists as Hopper-only are dropped below sm_90. These are large tiles that ptxas
+  reports spilling for sm_89, whose mma.sync keeps both operands and the accumulator in registers; Hopper's wgmma
+  reads an operand from shared memory.
 
 Under `TRITON_INTERPRET=1` the list collapses to the one `INTERPRETER` config per kernel: the interpreter's cost is
 per program and per loop step, so it wants large tiles, and benchmarking configs there would be meaningless.
