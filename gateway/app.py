@@ -14,12 +14,14 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sparsegate.gateway.auth import KeyStore
 from sparsegate.gateway.errors import GatewayError, handle_exception
 from sparsegate.gateway.limits import build_limiter
+from sparsegate.gateway.observability import GatewayMetrics, Tracing, provider_from_settings
 from sparsegate.gateway.pipeline import request_id_of
 from sparsegate.gateway.record import Observer
 from sparsegate.gateway.relay import Services
@@ -66,8 +68,10 @@ def create_app(
     config_path: Path | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     observers: list[Observer] | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
-    """Build the gateway. `transport` swaps the network for tests (an ASGI app or MockTransport)."""
+    """Build the gateway. `transport` swaps the network for tests (an ASGI app or MockTransport); a
+    `tracer_provider` (e.g. with an in-memory exporter) replaces the one built from the settings."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,11 +79,13 @@ def create_app(
         async with httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False) as client:
             router = Router(settings, client)
             limiter = build_limiter(settings, replica_id=settings.replica_id or f"gw-{uuid.uuid4().hex[:12]}")
+            metrics = GatewayMetrics(lambda: router.workers())
+            tracing = Tracing(tracer_provider if tracer_provider is not None else provider_from_settings(settings))
             services = Services(
                 router=router,
                 upstream=Upstream(client, settings.timeouts),
                 limiter=limiter,
-                observer=Observers([RequestLog(), *(observers or [])]),
+                observer=Observers([metrics, tracing, RequestLog(), *(observers or [])]),
                 timeouts=settings.timeouts,
                 retries=settings.retries,
             )
@@ -90,6 +96,8 @@ def create_app(
                 limiter=limiter,
                 services=services,
                 started_at=int(time.time()),
+                tracing=tracing,
+                metrics=metrics,
             )
             app.state.gateway = state
             await limiter.start()
@@ -101,6 +109,7 @@ def create_app(
                 remove_reload()
                 await router.close()
                 await limiter.close()
+                tracing.shutdown()
 
     app = FastAPI(
         title="sparsegate",

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import ValidationError
 
-from sparsegate.gateway.errors import InvalidRequest, RateLimited, RequestTooLarge
+from sparsegate.gateway.errors import InvalidRequest, LimiterUnavailable, RateLimited, RequestTooLarge
 from sparsegate.gateway.limits.base import AdmissionRequest
 from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from sparsegate.gateway.record import RequestRecord
@@ -78,10 +78,11 @@ def _validate(model: type[M], data: dict[str, Any]) -> M:
 async def serve_generation(request: Request, state: GatewayState, endpoint: str) -> Exchange:
     """Run the layers up to admission and hand the admitted request to the relay."""
     record = RequestRecord(request_id=request.state.request_id, endpoint=endpoint)
+    record.trace = state.tracing.start(record, request.headers)
     request.state.record = record
 
-    # auth
-    tenant = state.keys.authenticate(request.headers)
+    with record.trace.stage("auth"):
+        tenant = state.keys.authenticate(request.headers)
     record.tenant = tenant.name
 
     # parse
@@ -92,15 +93,15 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
     requested = body.requested_max_tokens()
     record.max_tokens = requested
 
-    # plan: visibility, token count, pool
     router = state.router
-    router.check_model(tenant, body.model)
     messages = (
         [m.model_dump(exclude_unset=True) for m in body.messages] if isinstance(body, ChatCompletionRequest) else None
     )
     prompt = body.prompt if isinstance(body, CompletionRequest) else None
-    prompt_tokens = await router.count_prompt_tokens_async(body.model, messages=messages, prompt=prompt)
-    plan = router.plan(tenant, body.model, prompt_tokens, requested)
+    with record.trace.stage("routing"):  # plan: visibility, token count, pool
+        router.check_model(tenant, body.model)
+        prompt_tokens = await router.count_prompt_tokens_async(body.model, messages=messages, prompt=prompt)
+        plan = router.plan(tenant, body.model, prompt_tokens, requested)
     record.pool, record.prompt_tokens = plan.pool.name, prompt_tokens
 
     # admission: reserve prompt + completion budget for every choice
@@ -115,12 +116,17 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
         on_failure=tenant.on_limiter_failure,
     )
     try:
-        reservation = await state.limiter.admit(admission)
+        with record.trace.stage("admission"):
+            reservation = await state.limiter.admit(admission)
     except RateLimited as exc:
         record.limit_decision = exc.kind
         raise
+    except LimiterUnavailable:
+        record.limit_decision = "unavailable"
+        raise
     record.limit_decision = "degraded" if reservation.degraded else "admitted"
     record.admitted_at = record.elapsed()
+    state.observer.on_admitted(record)
     request.state.rate_headers = reservation.state.headers()
 
     try:
@@ -144,7 +150,7 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
             reservation=reservation,
             record=record,
             wants_usage=body.wants_usage,
-            upstream_headers={"x-request-id": record.request_id, **state.trace_headers(request)},
+            upstream_headers={"x-request-id": record.request_id},
             response_headers={"x-request-id": record.request_id, **reservation.state.headers()},
         )
         return Exchange(state.services, job)

@@ -7,10 +7,45 @@ The pipeline fills a `RequestRecord` as it goes (auth → plan → admission →
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Outcome = Literal["ok", "error", "cancelled"]
+
+
+class TraceHandle(Protocol):
+    """One request's trace: a span per layer and one per upstream attempt (observability/tracing.py)."""
+
+    def stage(self, name: str) -> AbstractContextManager[None]: ...
+
+    def upstream_start(self, worker: str, rid: str, headers: dict[str, str]) -> None:
+        """Open the attempt's span and put its W3C context into `headers` for the worker."""
+        ...
+
+    def upstream_end(self, error: str | None) -> None: ...
+
+    def finish(self, record: RequestRecord) -> None: ...
+
+
+class NoTrace:
+    """Tracing off: the incoming traceparent is still forwarded as it came."""
+
+    def __init__(self, traceparent: str | None = None) -> None:
+        self._traceparent = traceparent
+
+    def stage(self, name: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def upstream_start(self, worker: str, rid: str, headers: dict[str, str]) -> None:
+        if self._traceparent:
+            headers["traceparent"] = self._traceparent
+
+    def upstream_end(self, error: str | None) -> None:
+        return None
+
+    def finish(self, record: RequestRecord) -> None:
+        return None
 
 
 @dataclass
@@ -40,6 +75,7 @@ class RequestRecord:
     ended_at: float | None = None
     upstream_s: float = 0.0  # time spent waiting on workers
     chunks: int = 0
+    trace: TraceHandle = field(default_factory=NoTrace, repr=False)
 
     def elapsed(self) -> float:
         end = self.ended_at if self.ended_at is not None else time.perf_counter()
@@ -51,6 +87,8 @@ class RequestRecord:
 
 
 class Observer(Protocol):
+    def on_admitted(self, record: RequestRecord) -> None: ...
+
     def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None: ...
 
     def on_chunk(self, record: RequestRecord, now: float) -> None: ...

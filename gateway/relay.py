@@ -97,6 +97,7 @@ class Exchange(Response):
         self._job = job
         self._attempt: _Attempt | None = None
         self._client_gone = False
+        self._response_done = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -106,8 +107,9 @@ class Exchange(Response):
                     while True:
                         message = await receive()
                         if message["type"] == "http.disconnect":
-                            self._client_gone = True
-                            tg.cancel_scope.cancel()
+                            if not self._response_done:
+                                self._client_gone = True
+                                tg.cancel_scope.cancel()
                             return
 
                 tg.start_soon(watch_client)
@@ -155,11 +157,14 @@ class Exchange(Response):
             rid = job.rid if n == 0 else f"{job.rid}-r{n}"
             record.worker, record.rid, record.attempts = worker.url, rid, n + 1
             payload = {**job.payload, "rid": rid}
+            headers = dict(job.upstream_headers)
+            record.trace.upstream_start(worker.url, rid, headers)
             started = time.perf_counter()
             try:
-                response = await svc.upstream.open(worker.url, job.path, payload, job.upstream_headers, wait_s=wait_s)
+                response = await svc.upstream.open(worker.url, job.path, payload, headers, wait_s=wait_s)
             except UpstreamError as exc:
                 record.upstream_s += time.perf_counter() - started
+                record.trace.upstream_end(type(exc).__name__)
                 svc.router.release(worker, _outcome_of(exc))
                 svc.observer.on_upstream_attempt(record, worker.url, type(exc).__name__)
                 if isinstance(exc, UpstreamTimeout):
@@ -172,6 +177,7 @@ class Exchange(Response):
                 raise
             except UpstreamRejected:
                 record.upstream_s += time.perf_counter() - started
+                record.trace.upstream_end("UpstreamRejected")
                 svc.router.release(worker, "client_error")
                 svc.observer.on_upstream_attempt(record, worker.url, "UpstreamRejected")
                 raise
@@ -205,7 +211,7 @@ class Exchange(Response):
         record.status = 200
         record.first_byte_at = time.perf_counter()
         await send({"type": "http.response.start", "status": 200, "headers": _raw(headers, len(body))})
-        await send({"type": "http.response.body", "body": body})
+        await self._send_last(send, body)
 
     def _account_whole(self, body: bytes) -> None:
         record = self._job.record
@@ -265,7 +271,7 @@ class Exchange(Response):
         if failure is not None:
             self._fail(failure)
             tail = error_event(failure)
-        await send({"type": "http.response.body", "body": tail + DONE_EVENT, "more_body": False})
+        await self._send_last(send, tail + DONE_EVENT)
 
     async def _pump(
         self, send: Send, chunks: AsyncIterator[bytes], splitter: EventSplitter, tally: StreamTally
@@ -329,7 +335,13 @@ class Exchange(Response):
         self._job.record.first_byte_at = time.perf_counter()
         response = error_response(exc, self._job.response_headers)
         await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
+        await self._send_last(send, bytes(response.body))
+
+    async def _send_last(self, send: Send, body: bytes) -> None:
+        # Marked before sending: once the response is complete, the server answers `receive()` with
+        # http.disconnect, which must not be mistaken for a client that left.
+        self._response_done = True
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _finish(self) -> None:
         job, svc = self._job, self._services

@@ -21,6 +21,9 @@ def _ms(seconds: float | None) -> float | None:
 class RequestLog:
     """An observer that writes the request line when a request ends."""
 
+    def on_admitted(self, record: RequestRecord) -> None:
+        return None
+
     def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
         return None
 

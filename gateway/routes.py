@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sparsegate.gateway.errors import GatewayError, ModelNotFound
 from sparsegate.gateway.pipeline import serve_generation
@@ -66,6 +67,12 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
         if card.id == model_id:
             return card
     raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model")
+
+
+@api.get("/metrics", tags=["health"], include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; labels are bounded by the config (tenant, model, pool, worker)."""
+    return Response(gateway_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @api.get("/health/live", tags=["health"])

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -148,6 +157,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="completion budget when neither side names one")
     replica_id: str | None = Field(default=None, description="this replica's name in Redis; random if unset")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("otel_exporter_otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="the standard OTel variable, honoured as a fallback for telemetry.otlp_endpoint",
+    )
 
     @classmethod
     def settings_customise_sources(

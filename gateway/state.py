@@ -10,6 +10,7 @@ from fastapi import Request
 
 from sparsegate.gateway.auth import KeyStore
 from sparsegate.gateway.limits.base import Limiter
+from sparsegate.gateway.observability import GatewayMetrics, Tracing
 from sparsegate.gateway.record import Observer, RequestRecord
 from sparsegate.gateway.relay import Services
 from sparsegate.gateway.routing import Router
@@ -23,6 +24,13 @@ class Observers:
 
     def __init__(self, observers: Sequence[Observer]) -> None:
         self._observers = list(observers)
+
+    def on_admitted(self, record: RequestRecord) -> None:
+        for obs in self._observers:
+            try:
+                obs.on_admitted(record)
+            except Exception:
+                log.exception("observer %s failed", type(obs).__name__)
 
     def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
         for obs in self._observers:
@@ -54,15 +62,12 @@ class GatewayState:
     limiter: Limiter
     services: Services
     started_at: int
+    tracing: Tracing
+    metrics: GatewayMetrics
 
     @property
     def observer(self) -> Observer:
         return self.services.observer
-
-    def trace_headers(self, request: Request) -> dict[str, str]:
-        """Headers that carry the trace to the worker (W3C traceparent), when tracing is on."""
-        header = request.headers.get("traceparent")
-        return {"traceparent": header} if header else {}
 
     def reload(self, settings: Settings) -> None:
         """Swap tenants and pools in place; requests in flight keep the objects they already hold."""

@@ -180,3 +180,33 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class ThreadedGateway:
+    """The gateway app under uvicorn on a real socket, in a thread of the test process.
+
+    For tests that need to look inside (an in-memory span exporter); everything else uses `Gateway` processes.
+    """
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadedGateway:
+        self._thread.start()
+        wait_http(self.url + "/health/live")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)

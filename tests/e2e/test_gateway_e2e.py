@@ -75,8 +75,9 @@ def test_non_stream_chat(stack: tuple[Gateway, Sim]) -> None:
     assert raw.headers["x-request-id"]
     assert raw.headers["x-ratelimit-limit-requests"] == "10000"
     assert "gateway;dur=" in raw.headers["server-timing"]
-    seen = sim.stats()["recent"][-1]
-    assert seen["rid"] == completion.id, "the gateway-minted rid is the worker's id, and the response id"
+    stats = sim.stats()
+    assert stats["recent"][-1]["rid"] == completion.id, "the gateway-minted rid is the worker's id, and the response id"
+    assert stats["aborted"] == 0, "a finished request is never aborted"
 
 
 def test_stream_chat_with_usage(stack: tuple[Gateway, Sim]) -> None:
@@ -100,6 +101,7 @@ def test_stream_chat_without_usage_strips_the_usage_chunk(stack: tuple[Gateway, 
     assert all(c.usage is None for c in chunks)
     # ... but the gateway asked the worker for it, to settle token limits.
     assert sim.stats()["recent"][-1]["completion_tokens"] == 8
+    assert sim.stats()["aborted"] == 0, "a stream read to the end is never aborted"
 
 
 def test_stream_wire_format(stack: tuple[Gateway, Sim]) -> None:
