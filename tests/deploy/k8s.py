@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 Doc = dict[str, Any]
+GPU = "nvidia.com/gpu"
 
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
 _SUFFIX = {
@@ -102,3 +103,16 @@ def requests_of(template: Doc) -> dict[str, Decimal]:
 
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def gpu_workloads(docs: list[Doc]) -> list[Doc]:
+    """Workloads with a pod that asks for GPUs."""
+    return [
+        d
+        for d in docs
+        if any(
+            GPU in c.get("resources", {}).get("limits", {})
+            for _, template in pod_templates(d)
+            for c in template["spec"]["containers"]
+        )
+    ]

@@ -8,24 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.k8s import find, one, pod_templates, quantity, requests_of, selector_matches
+from tests.deploy.k8s import GPU, find, gpu_workloads, one, pod_templates, quantity, requests_of, selector_matches
 
 Docs = list[dict[str, Any]]
 QUEUE = "kueue.x-k8s.io/queue-name"
 PRIORITY = "kueue.x-k8s.io/priority-class"
-GPU = "nvidia.com/gpu"
-
-
-def gpu_workloads(docs: Docs) -> Docs:
-    return [
-        d
-        for d in docs
-        if any(
-            GPU in c.get("resources", {}).get("limits", {})
-            for _, template in pod_templates(d)
-            for c in template["spec"]["containers"]
-        )
-    ]
 
 
 def _pods(doc: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:

@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.k8s import env_value, parse_flags, pod_templates, quantity
-from tests.deploy.test_kueue import gpu_workloads
+from tests.deploy.k8s import env_value, gpu_workloads, parse_flags, pod_templates, quantity
 
 Docs = list[dict[str, Any]]
 
