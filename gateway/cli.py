@@ -17,6 +17,9 @@ def _serve(args: argparse.Namespace) -> int:
     from sparsegate.gateway.defaults import DEMO_API_KEY, DEMO_MODEL, demo_settings, demo_workers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    # httpx logs every probe and poll at INFO; the request log already says what matters.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.config is not None:
         try:
             settings = load_settings(args.config)
