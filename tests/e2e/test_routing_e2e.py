@@ -40,8 +40,11 @@ def pool(name: str, sims: list[Sim], max_context: int, **extra: Any) -> dict[str
 
 
 def ask(gw: Gateway, content: str, **kw: Any) -> Any:
+    """One chat completion; a stream is read to its end and returned as its list of chunks."""
     kw.setdefault("max_tokens", 4)
-    return client(gw).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kw)
+    with client(gw) as c:
+        result = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kw)
+        return list(result) if kw.get("stream") else result
 
 
 def received(sim: Sim) -> int:
@@ -138,9 +141,10 @@ def test_no_retry_after_the_first_byte(sims: Callable[..., Sim], gateways: Calla
     got: list[str] = []
 
     def consume() -> None:
-        for chunk in ask(gw, "stream me", max_tokens=50, stream=True):
-            if chunk.choices and chunk.choices[0].delta.content:
-                got.append(chunk.choices[0].delta.content)
+        with client(gw) as c:
+            for chunk in c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=50, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    got.append(chunk.choices[0].delta.content)
 
     with pytest.raises(openai.APIError):
         consume()
@@ -178,7 +182,8 @@ def test_prefix_affinity_until_the_load_bound_then_spread(
 
     def chat(i: int, max_tokens: int) -> None:
         messages = [system, {"role": "user", "content": f"question {i}"}]
-        client(gw).chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens)
+        with client(gw) as c:
+            c.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens)
 
     for i in range(8):  # one at a time: the load stays low, so all go home
         chat(i, 2)
@@ -199,12 +204,18 @@ def test_balance_under_uniform_load(sims: Callable[..., Sim], gateways: Callable
     workers = [sims(args=["--itl-ms", "1"]) for _ in range(4)]
     gw = gateways(config([pool("p", workers, 32_768)]))
     n = 400
-    with ThreadPoolExecutor(8) as pool_:
-        list(pool_.map(lambda i: ask(gw, f"independent question number {i}", max_tokens=2), range(n)))
+
+    def one(c: openai.OpenAI, i: int) -> None:
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"question {i}"}], max_tokens=2)
+
+    with client(gw) as c, ThreadPoolExecutor(8) as pool_:  # the SDK client is thread-safe: share its pool
+        list(pool_.map(lambda i: one(c, i), range(n)))
     counts = [received(w) for w in workers]
     assert sum(counts) == n
     mean = n / len(workers)
-    assert max(counts) <= 1.35 * mean, counts
+    # Distinct prompts hash to workers at random, so 100 expected per worker varies by ~9 (binomial) plus the
+    # ring's own unevenness; 40 % over the mean is > 4 sigma. The unit tests check 20 % on 8,000 requests.
+    assert max(counts) <= 1.4 * mean, counts
 
 
 def test_sighup_reload_adds_a_pool_without_dropping_a_stream(
@@ -216,10 +227,14 @@ def test_sighup_reload_adds_a_pool_without_dropping_a_stream(
     finish: list[str | None] = []
 
     def stream() -> None:
-        for chunk in ask(gw, "tell me a story", max_tokens=150, stream=True):
-            if chunk.choices:
-                text.append(chunk.choices[0].delta.content or "")
-                finish.append(chunk.choices[0].finish_reason)
+        with client(gw) as c:
+            chunks = c.chat.completions.create(
+                model=MODEL, messages=HELLO, max_tokens=150, stream=True, extra_body={"ignore_eos": True}
+            )
+            for chunk in chunks:
+                if chunk.choices:
+                    text.append(chunk.choices[0].delta.content or "")
+                    finish.append(chunk.choices[0].finish_reason)
 
     t = threading.Thread(target=stream)
     t.start()
