@@ -56,7 +56,7 @@ def sparse_mla_shared_memory(config: triton.Config) -> int:
 
 @triton.autotune(
     configs=autotune_configs(SPARSE_MLA_CANDIDATES, SPARSE_MLA_INTERPRETER),
-    key=["H", "NUM_SPLITS", "TOPK"],
+    key=["H", "NUM_SPLITS", "token_bucket"],
     prune_configs_by={
         "early_config_prune": make_pruner(
             SPARSE_MLA_CANDIDATES, SPARSE_MLA_INTERPRETER, sparse_mla_shared_memory, "q_ptr", SPARSE_MLA_HOPPER_ONLY
@@ -78,8 +78,9 @@ def _sparse_mla_kernel(
     stride_qt,
     stride_qh,
     stride_it,
+    split_len,
+    token_bucket,  # T rounded up to a power of two, at most 4096: only for the autotune key
     NUM_SPLITS: tl.constexpr,
-    SPLIT_LEN: tl.constexpr,
     ROW_BYTES: tl.constexpr,
     SCALE_OFFSET: tl.constexpr,
     ROPE_OFFSET: tl.constexpr,
@@ -108,8 +109,8 @@ def _sparse_mla_kernel(
     acc2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
 
-    begin = split * SPLIT_LEN
-    end = tl.minimum(begin + SPLIT_LEN, TOPK)
+    begin = split * split_len
+    end = tl.minimum(begin + split_len, TOPK)
     idx_row = idx_ptr + t.to(tl.int64) * stride_it
     for start in range(begin, end, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
@@ -261,8 +262,9 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         q.stride(0),
         q.stride(1),
         indices.stride(0),
+        split_len,
+        min(triton.next_power_of_2(tokens), 4096),
         NUM_SPLITS=splits,
-        SPLIT_LEN=split_len,
         ROW_BYTES=MLA_ROW_BYTES,
         SCALE_OFFSET=MLA_SCALE_OFFSET,
         ROPE_OFFSET=MLA_ROPE_OFFSET,

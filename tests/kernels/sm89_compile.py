@@ -158,7 +158,6 @@ def specs() -> list[Spec]:
         for splits in (1, 16):
             shape = {
                 "NUM_SPLITS": splits,
-                "SPLIT_LEN": 2048 // splits,
                 **mla_row,
                 "TILE": 128,
                 "ROPE": 64,
