@@ -170,7 +170,7 @@ class TokenCounter:
                 log.warning("chat template failed (%s); counting with generic framing where it does", exc)
                 self._template_failed = True
             return None
-        return len(_encode(self.tokenizer, [rendered], add_special_tokens=False)[0].ids)
+        return len(_encode(self.tokenizer, [rendered], add_special_tokens=False)[0])  # len(): no ids list built
 
     def _count_texts(self, texts: Sequence[str]) -> int:
         if self.tokenizer is None:
@@ -178,7 +178,7 @@ class TokenCounter:
         texts = [t for t in texts if t]
         if not texts:
             return 0
-        return sum(len(e.ids) for e in _encode(self.tokenizer, texts, add_special_tokens=False))
+        return sum(len(e) for e in _encode(self.tokenizer, texts, add_special_tokens=False))
 
     def _role(self, role: str) -> int:
         cost = self._role_cost.get(role)
@@ -218,7 +218,7 @@ class TokenCounter:
             # +1 per prompt for the BOS a worker's tokenizer may add.
             return sum(utf8_len(p) + 1 for p in prompts)
         # With special tokens, as the worker encodes a completions prompt (BOS and all).
-        return sum(len(e.ids) for e in _encode(self.tokenizer, prompts, add_special_tokens=True))
+        return sum(len(e) for e in _encode(self.tokenizer, prompts, add_special_tokens=True))
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str], *, add_special_tokens: bool) -> list[Encoding]:
