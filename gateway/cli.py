@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -12,11 +13,18 @@ import uvicorn
 from sparsegate.gateway.settings import ConfigError, hash_api_key, load_settings
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from sparsegate.gateway.app import create_app
     from sparsegate.gateway.defaults import DEMO_API_KEY, DEMO_MODEL, demo_settings, demo_workers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would kill the process
+    # before the demo's simulated workers are stopped. Turning it into SystemExit lets the cleanup run.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     # httpx logs every probe and poll at INFO; the request log already says what matters.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
