@@ -319,3 +319,25 @@ def test_request_log_has_no_secrets(sims: Callable[..., Sim], gateways: Callable
     assert any(line["status"] == 200 and line["tenant"] == "acme" for line in lines)
     assert any(line["status"] == 401 for line in lines)
     assert secret_prompt not in out and KEY_ACME not in out and "sk-leaky-key-abcdef123456" not in out
+
+
+def test_worker_errors_and_timeouts_map_to_5xx(sims: Callable[..., Sim], gateways: Callable[..., Gateway]) -> None:
+    sim = sims(max_context=32_768)
+    config = _config(sim) | {"timeouts": {"first_byte_s": 0.5, "total_s": 0.8}, "retries": {"max_attempts": 1}}
+    gw = gateways(config)
+    c = client(gw)
+    sim.faults(error_rate=1.0, error_status=500)
+    with pytest.raises(openai.InternalServerError) as info:
+        c.chat.completions.create(model=MODEL, messages=HELLO)
+    assert info.value.status_code == 502
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "server_error"
+    sim.faults(error_rate=0.0, stall_ms=3000)
+    with pytest.raises(openai.InternalServerError) as info:
+        c.chat.completions.create(model=MODEL, messages=HELLO)
+    assert info.value.status_code == 504
+    with pytest.raises(openai.InternalServerError) as info:
+        c.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+    assert info.value.status_code == 504
+    # A timed-out attempt may still be running on the worker: the gateway tells it to stop.
+    assert wait_until(lambda: sim.stats()["aborted"] == 2, timeout=5)
