@@ -182,6 +182,19 @@ async def bench_counting(http: httpx.AsyncClient, tokenizer: Path, quick: bool) 
             f"| {exact_n:,} | {size} | {est_n:,} | {exact_n / est_t:,.0f} | {exact_n:,} | {exact_n / exact_t:,.0f} "
             f"| {lag * 1e3:.1f} ms |"
         )
+    # ASCII text is O(1) for the estimate (CPython knows a str is ASCII); other text pays one UTF-8 encode.
+    mixed = ("机器学习是人工智能的一个分支。🚀 " + synthetic_text(rng, 8)) * (sizes[-1] // 20)
+    t_best = min(
+        _timed(lambda: exact_router.count_prompt_tokens("no-tokenizer", messages=[{"role": "user", "content": mixed}]))
+        for _ in range(3)
+    )
+    print(f"\nestimate on {len(mixed.encode()) / 1e6:.1f} MB of mixed CJK/emoji/ASCII text: {t_best * 1e3:.1f} ms")
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 async def main() -> None:
