@@ -134,12 +134,12 @@ def _install_reload(state: GatewayState, config_path: Path | None) -> Callable[[
     def reload() -> None:
         try:
             new = load_settings(config_path)
+            if new.effective_redis_url != state.settings.effective_redis_url:
+                log.warning("redis_url changed; the limiter keeps its connection until restart")
+            state.reload(new)  # refuses (ConfigError) before changing anything, e.g. on an unloadable tokenizer
         except ConfigError as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             return
-        if new.effective_redis_url != state.settings.effective_redis_url:
-            log.warning("redis_url changed; the limiter keeps its connection until restart")
-        state.reload(new)
         log.info("config reloaded from %s: %d tenants, %d pools", config_path, len(new.tenants), len(new.pools))
 
     try:

@@ -98,9 +98,12 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
         [m.model_dump(exclude_unset=True) for m in body.messages] if isinstance(body, ChatCompletionRequest) else None
     )
     prompt = body.prompt if isinstance(body, CompletionRequest) else None
+    tools = body.tools if isinstance(body, ChatCompletionRequest) else None
     with record.trace.stage("routing"):  # plan: visibility, token count, pool
         router.check_model(tenant, body.model)
-        prompt_tokens = await router.count_prompt_tokens_async(body.model, messages=messages, prompt=prompt)
+        prompt_tokens = await router.count_prompt_tokens_async(
+            body.model, messages=messages, prompt=prompt, tools=tools
+        )
         plan = router.plan(tenant, body.model, prompt_tokens, requested)
     record.pool, record.prompt_tokens = plan.pool.name, prompt_tokens
 

@@ -16,9 +16,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 import httpx
@@ -82,10 +83,6 @@ class _Attempt:
     response: httpx.Response | None  # None while the worker has not answered yet
 
 
-class _ClientGone(Exception):
-    pass
-
-
 class Exchange(Response):
     """Streams or buffers one request through a worker; settles on every path."""
 
@@ -97,6 +94,7 @@ class Exchange(Response):
         self._job = job
         self._attempt: _Attempt | None = None
         self._client_gone = False
+        self._headers_sent = False
         self._response_done = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,7 +208,7 @@ class Exchange(Response):
         headers = {**job.response_headers, "content-type": "application/json", "server-timing": server_timing(record)}
         record.status = 200
         record.first_byte_at = time.perf_counter()
-        await send({"type": "http.response.start", "status": 200, "headers": _raw(headers, len(body))})
+        await self._send_start(send, 200, _raw(headers, len(body)))
         await self._send_last(send, body)
 
     def _account_whole(self, body: bytes) -> None:
@@ -247,12 +245,14 @@ class Exchange(Response):
         }
         record.status = 200
         failure: GatewayError | None = None
-        chunks = attempt.response.aiter_bytes()
+        # httpx's aiter_bytes is an async generator; closing it explicitly keeps its finalizer off the GC.
+        chunks = aclosing(cast("AsyncGenerator[bytes, None]", attempt.response.aiter_bytes()))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _raw(headers, None)})
+            await self._send_start(send, 200, _raw(headers, None))
             try:
-                with map_upstream_errors(attempt.worker.url):
-                    await self._pump(send, chunks, splitter, tally)
+                async with chunks as stream:
+                    with map_upstream_errors(attempt.worker.url):
+                        await self._pump(send, stream, splitter, tally)
             except UpstreamError as exc:
                 failure = exc
         finally:
@@ -330,12 +330,20 @@ class Exchange(Response):
             record.status = 500
 
     async def _send_error(self, send: Send, exc: GatewayError) -> None:
-        if self._client_gone:
+        if self._client_gone or self._response_done:
+            return
+        if self._headers_sent:
+            # Too late for a status code: the stream carries the error, then ends properly.
+            await self._send_last(send, error_event(exc) + DONE_EVENT)
             return
         self._job.record.first_byte_at = time.perf_counter()
         response = error_response(exc, self._job.response_headers)
-        await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+        await self._send_start(send, response.status_code, response.raw_headers)
         await self._send_last(send, bytes(response.body))
+
+    async def _send_start(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._headers_sent = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _send_last(self, send: Send, body: bytes) -> None:
         # Marked before sending: once the response is complete, the server answers `receive()` with
