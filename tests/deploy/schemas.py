@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,26 @@ ROOT = Path(__file__).resolve().parents[2]
 MIN_K8S_VERSION = "1.31.0"
 
 
+def _origin_checkout() -> Path | None:
+    """For a local clone (`git clone . $(mktemp -d)`), the checkout it was cloned from."""
+    try:
+        url = subprocess.run(
+            ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+            capture_output=True, text=True, check=False, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = Path(url)
+    return path if url and path.is_absolute() and path.is_dir() else None
+
+
 def schemas_dir() -> Path:
-    """shared/schemas/crds, beside the checkout (as on CI) or inside it (as on the device machine)."""
+    """shared/schemas/crds, beside the checkout (as on CI), inside it (as on the device machine), or beside the
+    checkout a local clone came from."""
     candidates = [ROOT / "shared" / "schemas" / "crds", ROOT.parent / "shared" / "schemas" / "crds"]
+    origin = _origin_checkout()
+    if origin is not None:
+        candidates.append(origin.parent / "shared" / "schemas" / "crds")
     for candidate in candidates:
         if candidate.is_dir() and any(candidate.glob("*.yaml")):
             return candidate
