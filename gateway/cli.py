@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from sparsegate.gateway.settings import ConfigError, hash_api_key, load_settings
 
@@ -36,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         app = create_app(settings, config_path=args.config)
         print(f"sparsegate: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        _run(app, args)
         return 0
 
     with demo_workers() as urls:
@@ -53,8 +54,21 @@ def _serve(args: argparse.Namespace) -> int:
             '"messages": [{"role": "user", "content": "Hello"}]}\'',
             flush=True,
         )
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        _run(app, args)
     return 0
+
+
+def _run(app: FastAPI, args: argparse.Namespace) -> None:
+    # On SIGTERM, streams in flight get `--graceful-timeout` seconds to finish; then they are cancelled, which
+    # aborts them on their workers and settles their limits like any disconnect.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
 
 
 def _hash_key(args: argparse.Namespace) -> int:
@@ -80,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds streams get to finish on SIGTERM")
     serve.set_defaults(func=_serve)
     sub.add_parser("sim", help="run one simulated SGLang worker (see `sparsegate sim --help`)")
     hk = sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key for the config")
