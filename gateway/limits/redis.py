@@ -1,9 +1,9 @@
 """The Redis limiter: exact across gateway replicas, one Lua script and one round trip per admission.
 
 Redis is never allowed to hang a request:
-- socket and connect timeouts come from settings (tens of milliseconds); redis-py retries nothing but one immediate
-  reconnect after a connection error, and each call sits under a deadline covering a connect and up to three round
-  trips (EVALSHA, then EVAL after a Redis restart emptied the script cache);
+- socket and connect timeouts come from settings (tens of milliseconds): each round trip must finish within
+  connect + socket timeout, and a call makes at most two (EVALSHA, then EVAL after a Redis restart emptied the
+  script cache); redis-py retries nothing but one immediate reconnect after a connection error;
 - a circuit breaker (breaker.py) stops calling a Redis that keeps failing, and lets one probe through after
   `breaker_reset_s`, so Redis coming back is picked up without a restart;
 - every redis/socket exception becomes `LimiterUnavailable` in `redis_errors`, the one boundary, and
@@ -91,12 +91,15 @@ class RedisLimiter:
         self._settings = settings
         self._prefix = settings.key_prefix
         self._replica_id = replica_id
-        self._deadline_s = settings.connect_timeout_s + 3 * settings.socket_timeout_s
+        # Each round trip gets a window of connect + socket timeout (a connect only happens on a fresh connection).
+        # redis-py gets no socket timeout of its own: it would run every send through asyncio.wait_for (a task per
+        # command, ~30 % of a round trip here), and on Python 3.11 that wait_for can swallow a caller's cancel.
+        self._window_s = settings.connect_timeout_s + settings.socket_timeout_s
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
             timeout=None,  # never waits: `_slots` admits at most MAX_CONNECTIONS calls at once
-            socket_timeout=settings.socket_timeout_s,
+            socket_timeout=None,  # `_window_s`, applied around each round trip in `_run`
             socket_connect_timeout=settings.connect_timeout_s,
             # redis-py retries timeouts 3× by default, which would multiply every timeout. One retry on a connection
             # error only: after a Redis restart each pooled connection is dead, and fails at once on first use.
@@ -132,7 +135,7 @@ class RedisLimiter:
 
     async def _warm_connection(self) -> None:
         with contextlib.suppress(LimiterUnavailable):
-            async with redis_errors(self._deadline_s):
+            async with redis_errors(self._window_s):
                 await self._client.ping()
 
     async def close(self) -> None:
@@ -143,7 +146,7 @@ class RedisLimiter:
             try:
                 await self._flush_pending()
                 # Leave the replica set now, so the others' fail-open shares grow without waiting for staleness.
-                async with redis_errors(self._deadline_s):
+                async with redis_errors(self._window_s):
                     await self._client.zrem(self._replicas_key, self._replica_id)
             except LimiterUnavailable:
                 log.warning("limiter: Redis unreachable at close; %d settle(s) not replayed", len(self._pending))
@@ -286,20 +289,19 @@ class RedisLimiter:
         """Run a script through the breaker and the error boundary; raises `LimiterUnavailable`."""
         if self.breaker.state is BreakerState.OPEN:
             raise LimiterUnavailable(_UNAVAILABLE)
-        try:
-            async with asyncio.timeout(QUEUE_WAIT_S):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise LimiterUnavailable(_UNAVAILABLE) from None  # overloaded here; says nothing about Redis
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(QUEUE_WAIT_S):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise LimiterUnavailable(_UNAVAILABLE) from None  # overloaded here; says nothing about Redis
+        else:
+            await self._slots.acquire()  # free: returns at once
         try:
             if not self.breaker.allow():  # it may have opened while this call queued
                 raise LimiterUnavailable(_UNAVAILABLE)
             try:
-                async with redis_errors(self._deadline_s):
-                    try:
-                        result = await self._client.evalsha(script.sha, len(keys), *keys, *args)
-                    except NoScriptError:
-                        result = await self._client.eval(script.source, len(keys), *keys, *args)
+                result = await self._run(script, keys, args)
             except LimiterUnavailable as exc:
                 self.breaker.record_failure()
                 cause = exc.__cause__
@@ -309,6 +311,15 @@ class RedisLimiter:
             return result
         finally:
             self._slots.release()
+
+    async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        async with redis_errors(self._window_s):
+            try:
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                pass  # Redis restarted or its script cache was flushed: send the source, once
+        async with redis_errors(self._window_s):
+            return await self._client.eval(script.source, len(keys), *keys, *args)
 
     async def _beat(self) -> int | None:
         try:
