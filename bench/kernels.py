@@ -6,7 +6,9 @@ Needs a CUDA GPU. Prints one table per op, then the whole decode step (indexer -
 replayed as a CUDA graph) at contexts 8K..128K against dense MLA over the whole context: measured with our kernel
 over every slot, and its read-bound floor. Every "% floor" is floor time / measured time, the floor being the larger
 of (fewest bytes / measured copy bandwidth) and (FLOPs / measured matmul peak, fp8 or bf16 as the op's dots are).
-Times are medians of `triton.testing.do_bench`, which flushes L2 before each run. With --out, writes the tables
+Times are medians of `triton.testing.do_bench` (which flushes L2 before each run) over replays of a CUDA graph
+holding one call, so they are kernel time as the serving engine's decode graphs see it; the naive twins, which sync
+to the host, are timed eagerly. With --out, writes the tables
 (kernels_bench.md), the raw rows (kernels_bench.json) and the plot (kernels_decode_step.png) there.
 """
 
@@ -71,6 +73,11 @@ class Row:
     floor_ms: float
     note: str = ""
 
+    def __post_init__(self) -> None:  # progress as it comes, so a run cut short still shows what it measured
+        print(
+            f"  {self.op} | {self.shape} | {self.impl} | {self.ms:.4f} ms | {self.pct_floor:.0f}% of floor", flush=True
+        )
+
     @property
     def pct_floor(self) -> float:
         return 100.0 * self.floor_ms / self.ms if self.ms > 0 else 0.0
@@ -88,6 +95,27 @@ def median_ms(fn: Callable[[], object], slow: bool = False) -> float:
         torch.cuda.synchronize()
         return start.elapsed_time(end) / 2
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def op_ms(fn: Callable[[], object]) -> float:
+    """Kernel time: replay of a CUDA graph of one call, as the serving engine runs decode (no Python launch cost).
+    Falls back to eager timing for a callable that cannot be captured."""
+    fn()  # compile and autotune outside the capture
+    torch.cuda.synchronize()
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream):
+            fn()
+            with torch.cuda.graph(graph, stream=stream):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+    except RuntimeError as exc:
+        print(f"  (not capturable, timed eagerly: {str(exc)[:80]})", flush=True)
+        torch.cuda.synchronize()
+        return median_ms(fn)
+    return median_ms(graph.replay)
 
 
 def measure_ceilings() -> Ceilings:
@@ -135,7 +163,7 @@ def bench_writers(ceil: Ceilings, quick: bool) -> list[Row]:
             ("quantize_fp8_blocks", q_bytes, quantize_fp8_blocks, twin.naive_quantize_fp8_blocks, (latent,)),
         ]
         for op, nbytes, ours, naive, op_args in cases:
-            ms = median_ms(partial(ours, *op_args))
+            ms = op_ms(partial(ours, *op_args))
             fl = floor_ms(ceil, nbytes)
             rows.append(Row(op, f"T={tokens}", "ours", ms, rate(nbytes, 0, ms), fl))
             if tokens <= 32:  # the twins write token by token from Python: minutes at prefill sizes
@@ -161,11 +189,11 @@ def bench_indexer(ceil: Ceilings, quick: bool) -> tuple[list[Row], dict[str, tor
         nbytes = batch * context * 132 + batch * next_n * context * 4
         flops = 2 * batch * next_n * INDEX_HEADS * context * 128
         fl = floor_ms(ceil, nbytes, flops, fp8=True)
-        ms = median_ms(partial(paged_mqa_logits, q, pages, weights, lens, table, context))
+        ms = op_ms(partial(paged_mqa_logits, q, pages, weights, lens, table, context))
         rows.append(Row("paged_mqa_logits", shape, "ours", ms, rate(nbytes, 0, ms), fl))
         if vllm is not None:
             out = torch.empty(batch * next_n, context, device="cuda")
-            vllm_ms = median_ms(partial(vllm, q, pages, weights, lens, table, context, out))
+            vllm_ms = op_ms(partial(vllm, q, pages, weights, lens, table, context, out))
             rows.append(Row("paged_mqa_logits", shape, "vLLM 0.33 Triton", vllm_ms, rate(nbytes, 0, vllm_ms), fl))
         if next_n == 1:
             keep["logits"] = paged_mqa_logits(q, pages, weights, lens, table, context)
@@ -186,7 +214,7 @@ def bench_indexer(ceil: Ceilings, quick: bool) -> tuple[list[Row], dict[str, tor
     flops = 2 * INDEX_HEADS * 128 * m * (m + 1) / 2
     nbytes = m * n * 4 + m * INDEX_HEADS * 128 + n * 132
     fl = floor_ms(ceil, nbytes, flops, fp8=True)
-    ms = median_ms(partial(ragged_mqa_logits, q, k, k_scale, weights, ks, ke))
+    ms = op_ms(partial(ragged_mqa_logits, q, k, k_scale, weights, ks, ke))
     rows.append(Row("ragged_mqa_logits", shape, "ours", ms, rate(nbytes, flops, ms), fl))
     vllm_torch = load_vllm_ragged_torch()
     if vllm_torch is not None:
@@ -219,9 +247,9 @@ def bench_topk(ceil: Ceilings, keep: dict[str, torch.Tensor], quick: bool) -> li
         shape = f"{name} R={r} N={n} k={TOPK}"
         nbytes = r * n * 4 + r * TOPK * 4
         fl = floor_ms(ceil, nbytes)
-        ms = median_ms(partial(topk_indices, logits, lens, TOPK))
+        ms = op_ms(partial(topk_indices, logits, lens, TOPK))
         rows.append(Row("topk_indices", shape, "ours", ms, rate(nbytes, 0, ms), fl))
-        torch_ms = median_ms(partial(torch.topk, logits, TOPK, dim=1, sorted=False))
+        torch_ms = op_ms(partial(torch.topk, logits, TOPK, dim=1, sorted=False))
         rows.append(
             Row("topk_indices", shape, "torch.topk", torch_ms, rate(nbytes, 0, torch_ms), fl, "not length-aware")
         )
@@ -231,7 +259,7 @@ def bench_topk(ceil: Ceilings, keep: dict[str, torch.Tensor], quick: bool) -> li
     positions = topk_indices(keep["logits"], keep["lens"], TOPK)
     table = torch.randint(0, 1 << 20, (positions.shape[0], 2048), dtype=torch.int32, device="cuda")
     nbytes = positions.numel() * 8 + table.numel() * 4
-    ms = median_ms(partial(slots_from_positions, positions, table))
+    ms = op_ms(partial(slots_from_positions, positions, table))
     rows.append(
         Row(
             "slots_from_positions",
@@ -279,7 +307,7 @@ def bench_sparse_mla(ceil: Ceilings, quick: bool) -> list[Row]:
         flops = _mla_flops(tokens, heads, TOPK)
         nbytes = tokens * TOPK * MLA_ROW_BYTES + tokens * heads * (576 + 512) * 2
         fl = floor_ms(ceil, nbytes, flops)
-        ms = median_ms(partial(sparse_mla, q, kv, idx, SM_SCALE))
+        ms = op_ms(partial(sparse_mla, q, kv, idx, SM_SCALE))
         rows.append(
             Row("sparse_mla", shape, "ours (656-B FP8 rows)", ms, f"{rate(nbytes, 0, ms)}, {rate(0, flops, ms)}", fl)
         )
@@ -290,19 +318,20 @@ def bench_sparse_mla(ceil: Ceilings, quick: bool) -> list[Row]:
             sg_bytes = tokens * TOPK * 576 + tokens * heads * (576 + 512) * 2
             fp8_args = (q_nope, q_rope, kv576_fp8, idx3, SM_SCALE)
             variants = [
-                ("sglang 0.5.23 triton, FP8 576-B rows", partial(fused.triton_sparse_mla_fwd, *fp8_args), sg_bytes),
                 (
                     "sglang 0.5.23 triton prefill, bf16 rows",
                     partial(prefill.sparse_mla_prefill, q, kv576_bf16, idx, SM_SCALE),
                     tokens * TOPK * 1152,
                 ),
             ]
-            if phase == "decode":
+            if phase == "decode":  # its fused single-pass path (T >= #SMs) autotunes 1-warp configs for gfx950
+                fwd = partial(fused.triton_sparse_mla_fwd, *fp8_args)
                 split_k = partial(decode.triton_sparse_mla_decode_splitk, *fp8_args)
+                variants.append(("sglang 0.5.23 triton, FP8 576-B rows", fwd, sg_bytes))
                 variants.append(("sglang 0.5.23 triton decode split-K, FP8", split_k, sg_bytes))
             for label, fn, their_bytes in variants:
                 try:
-                    their_ms = median_ms(fn)
+                    their_ms = op_ms(fn)
                 except Exception as exc:  # a fallback that cannot run here is reported, not hidden
                     rows.append(
                         Row(
@@ -344,12 +373,13 @@ def bench_decode_step(ceil: Ceilings, quick: bool) -> list[dict[str, float]]:
         step = partial(_decode_step, q_index, pages, weights, lens, table, context, q, kv)
         every_position = torch.arange(context, device="cuda", dtype=torch.int32).expand(batch, -1).contiguous()
         dense_slots = slots_from_positions(every_position, table)
-        step_ms = _graph_ms(step)
-        dense_ms = _graph_ms(partial(sparse_mla, q, kv, dense_slots, SM_SCALE))
+        step_ms = op_ms(step)
+        dense_ms = op_ms(partial(sparse_mla, q, kv, dense_slots, SM_SCALE))
         dense_floor = floor_ms(ceil, batch * context * MLA_ROW_BYTES)
         dsa_floor = floor_ms(ceil, batch * context * 132 + batch * context * 4) + floor_ms(
             ceil, batch * TOPK * MLA_ROW_BYTES
         )
+        print(f"  decode step ctx={context}: DSA {step_ms:.3f} ms, dense {dense_ms:.3f} ms", flush=True)
         results.append(
             {
                 "context": context,
@@ -366,20 +396,6 @@ def _decode_step(q_index, pages, weights, lens, table, context, q, kv) -> object
     logits = paged_mqa_logits(q_index, pages, weights, lens, table, context)
     slots = slots_from_positions(topk_indices(logits, lens, TOPK), table)
     return sparse_mla(q, kv, slots, SM_SCALE)
-
-
-def _graph_ms(fn: Callable[[], object]) -> float:
-    fn()  # compile and autotune outside the capture
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        fn()
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    return median_ms(graph.replay)
 
 
 def render(rows: list[Row], steps: list[dict[str, float]], ceil: Ceilings, header: str) -> str:

@@ -27,7 +27,8 @@ from sparsegate.kernels.dsa._layout import (
     ROPE_DIM,
 )
 
-MAX_SPLITS = 16
+SPLIT_CHOICES = (1, 2, 4, 8, 16)  # index-list splits the autotuner may pick for few query rows
+MAX_SPLITS = SPLIT_CHOICES[-1]
 MIN_SPLIT_LEN = 128  # indices per split below which merging costs more than it gains
 
 # Measured with ptxas for sm_89 (tests/kernels/sm89_compile.py): these four fit Ada's 99 KiB without spilling.
@@ -44,7 +45,8 @@ SPARSE_MLA_CANDIDATES = [
 # registers) and the 64-head ones come near its shared-memory limit; Hopper's wgmma reads an operand from shared
 # memory, so they stay candidates there.
 SPARSE_MLA_HOPPER_ONLY = [c for c in SPARSE_MLA_CANDIDATES if c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_N"] > 1024]
-SPARSE_MLA_INTERPRETER = triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=4, num_stages=1)
+# The interpreter runs two splits whenever the launcher asks for partials, so the CPU tests cover the merge.
+SPARSE_MLA_INTERPRETER = triton.Config({"BLOCK_H": 16, "BLOCK_N": 64, "num_splits": 2}, num_warps=4, num_stages=1)
 
 
 def sparse_mla_shared_memory(config: triton.Config) -> int:
@@ -54,33 +56,71 @@ def sparse_mla_shared_memory(config: triton.Config) -> int:
     return block_h * QK_DIM * 2 + config.num_stages * block_n * (MLA_ROW_BYTES // 2)
 
 
-@triton.autotune(
-    configs=autotune_configs(SPARSE_MLA_CANDIDATES, SPARSE_MLA_INTERPRETER),
-    key=["H", "NUM_SPLITS", "token_bucket"],
-    prune_configs_by={
-        "early_config_prune": make_pruner(
-            SPARSE_MLA_CANDIDATES, SPARSE_MLA_INTERPRETER, sparse_mla_shared_memory, "q_ptr", SPARSE_MLA_HOPPER_ONLY
-        )
-    },
+def max_splits(tokens: int, heads: int, topk: int, multiprocessors: int) -> int:
+    """The most splits worth trying: at most 8 programs per multiprocessor (at 16 heads a program) and at least
+    128 indices per split. Depends on shapes only, so a captured graph keeps its grid."""
+    base = tokens * triton.cdiv(heads, 16)
+    fits = [s for s in SPLIT_CHOICES if base * s <= 8 * multiprocessors and topk // s >= MIN_SPLIT_LEN]
+    return max(fits, default=1)
+
+
+def wants_partials(tokens: int, heads: int, multiprocessors: int) -> bool:
+    """Few query rows (decode): too few programs to fill the GPU unless the index list is split."""
+    return tokens * triton.cdiv(heads, 16) < 2 * multiprocessors
+
+
+_TILE_PRUNE = make_pruner(
+    SPARSE_MLA_CANDIDATES, SPARSE_MLA_INTERPRETER, sparse_mla_shared_memory, "q_ptr", SPARSE_MLA_HOPPER_ONLY
 )
-@triton.jit
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    # Tiles allowed on this device, each with the split counts this shape may use (only 1 without partials).
+    tiles = _TILE_PRUNE(SPARSE_MLA_CANDIDATES, named_args)
+    if len(tiles) == 1 and tiles[0] is SPARSE_MLA_INTERPRETER:
+        return tiles
+    if kwargs.get("PARTIAL"):
+        q = named_args["q_ptr"]
+        most = max_splits(q.shape[0], q.shape[1], named_args["TOPK"], sm_count(q))
+        return [c for c in configs if c.kwargs["num_splits"] <= most and _same_tile(c, tiles)]
+    return [c for c in configs if c.kwargs["num_splits"] == 1 and _same_tile(c, tiles)]
+
+
+def _same_tile(config: triton.Config, tiles: list[triton.Config]) -> bool:
+    return any(config.kwargs["BLOCK_H"] == t.kwargs["BLOCK_H"] and config.kwargs["BLOCK_N"] == t.kwargs["BLOCK_N"]
+               and config.num_warps == t.num_warps and config.num_stages == t.num_stages for t in tiles)  # fmt: skip
+
+
+TUNED_CONFIGS = [
+    triton.Config({**tile.kwargs, "num_splits": splits}, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    for tile in SPARSE_MLA_CANDIDATES
+    for splits in SPLIT_CHOICES
+]
+
+
+@triton.autotune(
+    configs=autotune_configs(TUNED_CONFIGS, SPARSE_MLA_INTERPRETER),
+    key=["H", "PARTIAL", "token_bucket"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit(do_not_specialize=["num_splits"])
 def _sparse_mla_kernel(
     q_ptr,  # [T, H, 576] bf16
     row_fp8_ptr,  # the cache as e4m3 [S, 656]
     row_f32_ptr,  # the cache as f32 [S, 164]
     row_bf16_ptr,  # the cache as bf16 [S, 328]
     idx_ptr,  # [T, TOPK] int32
-    out_ptr,  # NUM_SPLITS == 1: [T, H, 512] bf16; else [T, NUM_SPLITS, H, 512] f32
-    lse_ptr,  # NUM_SPLITS == 1: [T, H] f32; else [T, NUM_SPLITS, H] f32
+    out_ptr,  # PARTIAL: [T, num_splits, H, 512] f32, each split normalized by itself; else [T, H, 512] bf16
+    lse_ptr,  # PARTIAL: [T, num_splits, H] f32; else [T, H] f32
     qk_scale,  # sm_scale / ln 2: scores in the base-2 domain
     H,
     TOPK,
     stride_qt,
     stride_qh,
     stride_it,
-    split_len,
     token_bucket,  # T rounded up to a power of two, at most 4096: only for the autotune key
-    NUM_SPLITS: tl.constexpr,
+    num_splits,  # chosen by the autotuner; 1 without PARTIAL
+    PARTIAL: tl.constexpr,
     ROW_BYTES: tl.constexpr,
     SCALE_OFFSET: tl.constexpr,
     ROPE_OFFSET: tl.constexpr,
@@ -96,11 +136,11 @@ def _sparse_mla_kernel(
     d = tl.arange(0, TILE)
     r = tl.arange(0, ROPE)
     q_rows = q_ptr + t.to(tl.int64) * stride_qt + heads[:, None] * stride_qh
-    q0 = tl.load(q_rows + d[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 128] bf16
-    q1 = tl.load(q_rows + (d + TILE)[None, :], mask=h_ok[:, None], other=0.0)
-    q2 = tl.load(q_rows + (d + 2 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
-    q3 = tl.load(q_rows + (d + 3 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
-    q_rope = tl.load(q_rows + (r + 4 * TILE)[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 64] bf16
+    q0 = tl.load(q_rows + d[None, :], mask=h_ok[:, None], other=0.0).to(tl.bfloat16)  # [BLOCK_H, 128]
+    q1 = tl.load(q_rows + (d + TILE)[None, :], mask=h_ok[:, None], other=0.0).to(tl.bfloat16)
+    q2 = tl.load(q_rows + (d + 2 * TILE)[None, :], mask=h_ok[:, None], other=0.0).to(tl.bfloat16)
+    q3 = tl.load(q_rows + (d + 3 * TILE)[None, :], mask=h_ok[:, None], other=0.0).to(tl.bfloat16)
+    q_rope = tl.load(q_rows + (r + 4 * TILE)[None, :], mask=h_ok[:, None], other=0.0).to(tl.bfloat16)  # [BLOCK_H, 64]
 
     m = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)  # running max, base-2 domain
     denom = tl.zeros((BLOCK_H,), dtype=tl.float32)  # running sum of exp2
@@ -109,6 +149,8 @@ def _sparse_mla_kernel(
     acc2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
 
+    splits = num_splits if PARTIAL else 1
+    split_len = tl.cdiv(TOPK, splits)
     begin = split * split_len
     end = tl.minimum(begin + split_len, TOPK)
     idx_row = idx_ptr + t.to(tl.int64) * stride_it
@@ -131,7 +173,7 @@ def _sparse_mla_kernel(
             row_bf16_ptr + slot[:, None] * (ROW_BYTES // 2) + (r + ROPE_OFFSET // 2)[None, :],
             mask=valid[:, None],
             other=0.0,
-        )  # [BLOCK_N, 64] bf16
+        ).to(tl.bfloat16)  # [BLOCK_N, 64]
 
         scores = tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, BLOCK_N] f32
         scores += tl.dot(q0, tl.trans(k0)) * s0[None, :]
@@ -155,7 +197,7 @@ def _sparse_mla_kernel(
     denom_safe = tl.where(seen, denom, 1.0)  # rows without a valid slot divide nothing and take no log of zero
     inv_l = tl.where(seen, 1.0 / denom_safe, 0.0)
     lse = tl.where(seen, (m + tl.log2(denom_safe)) * 0.6931471805599453, float("-inf"))  # ln 2: back to natural log
-    if NUM_SPLITS == 1:
+    if not PARTIAL:
         o_rows = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * (4 * TILE)
         tl.store(o_rows + d[None, :], (acc0 * inv_l[:, None]).to(tl.bfloat16), mask=h_ok[:, None])
         tl.store(o_rows + (d + TILE)[None, :], (acc1 * inv_l[:, None]).to(tl.bfloat16), mask=h_ok[:, None])
@@ -163,7 +205,7 @@ def _sparse_mla_kernel(
         tl.store(o_rows + (d + 3 * TILE)[None, :], (acc3 * inv_l[:, None]).to(tl.bfloat16), mask=h_ok[:, None])
         tl.store(lse_ptr + t.to(tl.int64) * H + heads, lse, mask=h_ok)
     else:
-        part = (t.to(tl.int64) * NUM_SPLITS + split) * H + heads  # [BLOCK_H] partial rows
+        part = (t.to(tl.int64) * splits + split) * H + heads  # [BLOCK_H] partial rows
         o_rows = out_ptr + part[:, None] * (4 * TILE)
         tl.store(o_rows + d[None, :], acc0 * inv_l[:, None], mask=h_ok[:, None])
         tl.store(o_rows + (d + TILE)[None, :], acc1 * inv_l[:, None], mask=h_ok[:, None])
@@ -174,25 +216,28 @@ def _sparse_mla_kernel(
 
 @triton.jit
 def _merge_splits_kernel(
-    part_ptr,  # [T, NUM_SPLITS, H, 512] f32, each split normalized by its own sum
-    part_lse_ptr,  # [T, NUM_SPLITS, H] f32, natural log
+    part_ptr,  # [T, num_splits, H, 512] f32, each split normalized by its own sum
+    part_lse_ptr,  # [T, num_splits, H] f32, natural log
     out_ptr,  # [T, H, 512] bf16
     lse_ptr,  # [T, H] f32
     H,
-    NUM_SPLITS: tl.constexpr,
+    num_splits,
+    MAX_SPLITS: tl.constexpr,
     DV: tl.constexpr,
 ):
     t = tl.program_id(1)
     h = tl.program_id(0)
-    s = tl.arange(0, NUM_SPLITS)
+    s = tl.arange(0, MAX_SPLITS)
+    s_ok = s < num_splits
     v = tl.arange(0, DV)
-    part = (t.to(tl.int64) * NUM_SPLITS + s) * H + h  # [NUM_SPLITS]
-    lse_s = tl.load(part_lse_ptr + part)  # [NUM_SPLITS]
+    part = (t.to(tl.int64) * num_splits + s) * H + h  # [MAX_SPLITS]
+    lse_s = tl.load(part_lse_ptr + part, mask=s_ok, other=float("-inf"))  # [MAX_SPLITS]
     top = tl.max(lse_s, axis=0)
     top_safe = tl.where(top == float("-inf"), 0.0, top)
-    weight = tl.exp(lse_s - top_safe)  # [NUM_SPLITS], 0 for empty splits
+    weight = tl.exp(lse_s - top_safe)  # [MAX_SPLITS], 0 for empty and absent splits
     total = tl.sum(weight, axis=0)
-    o = tl.sum(tl.load(part_ptr + part[:, None] * DV + v[None, :]) * weight[:, None], axis=0)  # [512]
+    o = tl.load(part_ptr + part[:, None] * DV + v[None, :], mask=s_ok[:, None], other=0.0)  # [MAX_SPLITS, 512]
+    o = tl.sum(o * weight[:, None], axis=0)  # [512]
     seen = total > 0.0
     total_safe = tl.where(seen, total, 1.0)
     o = tl.where(seen, o / total_safe, 0.0)
@@ -200,25 +245,13 @@ def _merge_splits_kernel(
     tl.store(lse_ptr + t.to(tl.int64) * H + h, tl.where(seen, top_safe + tl.log(total_safe), float("-inf")))
 
 
-def choose_splits(tokens: int, heads: int, topk: int, multiprocessors: int) -> int:
-    """Split the index list until the grid (at 16 heads per program) covers half the multiprocessors.
-
-    A power of two up to 16 that leaves each split >= 128 indices: with more, the partials' read and write cost
-    more than the parallelism gains. Depends on shapes only, so a captured graph keeps its grid.
-    """
-    base = tokens * triton.cdiv(heads, 16)
-    splits = 1
-    while base * splits < multiprocessors // 2 and splits < MAX_SPLITS and topk // (2 * splits) >= MIN_SPLIT_LEN:
-        splits *= 2
-    return splits
-
-
 def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple[Tensor, Tensor]:
     """Attention of each query row over its own selected FP8 MLA rows; returns (out, lse).
 
     q: bf16 [T, H, 576] (512 latent + 64 rope, 8..128 heads); kv: uint8 [S, 656]; indices: int32 [T, topk] slots,
     -1 for none. Returns out bf16 [T, H, 512] and lse f32 [T, H] (natural log). A row without any valid slot gives
-    zeros and lse = -inf. Few rows split the index list (split-K); the split count depends on shapes only.
+    zeros and lse = -inf. Few rows (decode) split the index list (split-K) and merge the parts by their lse; the
+    autotuner picks the split count per shape, so a captured graph keeps its grid.
     """
     if q.dim() != 3 or q.shape[-1] != QK_DIM or q.dtype != torch.bfloat16:
         raise ValueError(f"q must be bf16 [T, H, {QK_DIM}] (512 latent + 64 rope), got {q.dtype} {tuple(q.shape)}")
@@ -237,16 +270,17 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
     lse = torch.empty(tokens, heads, dtype=torch.float32, device=q.device)
     if tokens == 0:
         return out, lse
-    splits = choose_splits(tokens, heads, topk, sm_count(q))
-    split_len = triton.cdiv(topk, splits)
-    if splits == 1:
-        part, part_lse = out, lse
+    multiprocessors = sm_count(q)
+    partial = wants_partials(tokens, heads, multiprocessors)
+    if partial:
+        most = max_splits(tokens, heads, topk, multiprocessors)
+        part = torch.empty(tokens * most * heads * LATENT_DIM, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(tokens * most * heads, dtype=torch.float32, device=q.device)
     else:
-        part = torch.empty(tokens, splits, heads, LATENT_DIM, dtype=torch.float32, device=q.device)
-        part_lse = torch.empty(tokens, splits, heads, dtype=torch.float32, device=q.device)
+        part, part_lse = out, lse
 
     def grid(meta: dict[str, int]) -> tuple[int, int, int]:
-        return (triton.cdiv(heads, meta["BLOCK_H"]), splits, tokens)
+        return (triton.cdiv(heads, meta["BLOCK_H"]), meta["num_splits"] if partial else 1, tokens)
 
     _sparse_mla_kernel[grid](
         q,
@@ -262,17 +296,19 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         q.stride(0),
         q.stride(1),
         indices.stride(0),
-        split_len,
         min(triton.next_power_of_2(tokens), 4096),
-        NUM_SPLITS=splits,
+        PARTIAL=partial,
         ROW_BYTES=MLA_ROW_BYTES,
         SCALE_OFFSET=MLA_SCALE_OFFSET,
         ROPE_OFFSET=MLA_ROPE_OFFSET,
         TILE=QUANT_BLOCK,
         ROPE=ROPE_DIM,
     )
-    if splits > 1:
-        _merge_splits_kernel[(heads, tokens)](part, part_lse, out, lse, heads, NUM_SPLITS=splits, DV=LATENT_DIM)
+    if partial:
+        splits = _sparse_mla_kernel.best_config.kwargs["num_splits"]  # host state of the autotuner: no sync
+        _merge_splits_kernel[(heads, tokens)](
+            part, part_lse, out, lse, heads, splits, MAX_SPLITS=MAX_SPLITS, DV=LATENT_DIM
+        )
     return out, lse
 
 

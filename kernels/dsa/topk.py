@@ -15,12 +15,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsegate.kernels.dsa._configs import interpreting, tensor_capability
+from sparsegate.kernels.dsa._configs import interpreting, sm_count, tensor_capability
 from sparsegate.kernels.dsa._layout import PAGE_SIZE
 
 TOPK_BLOCK = 4096  # logits per loop step
 RADIX_BITS = 8
-RADIX_BINS = 1 << RADIX_BITS
+
+
+def radix_shifts(bits: int) -> list[int]:
+    """Where each digit starts, most significant first; the last one may overlap chosen bits to end at bit 0."""
+    return [max(shift, 0) for shift in range(32 - bits, -bits, -bits)]
 
 
 def topk_warps(capability: tuple[int, int] | None) -> int:
@@ -30,7 +34,7 @@ def topk_warps(capability: tuple[int, int] | None) -> int:
 
 def topk_shared_memory(num_warps: int) -> int:
     """Histogram bins per warp, scan scratch and reduction scratch: a few KiB whatever the row length."""
-    return num_warps * RADIX_BINS * 4 + TOPK_BLOCK * 4 + 4096
+    return num_warps * (1 << RADIX_BITS) * 4 + TOPK_BLOCK * 4 + 4096
 
 
 @triton.jit
@@ -42,7 +46,61 @@ def _ordered_key(x):
 
 
 @triton.jit
-def _topk_kernel(
+def _digit_histogram(row, lo, hi, prefix, known, shift, BLOCK: tl.constexpr, BINS: tl.constexpr):
+    # Histogram of key byte `shift` over positions [lo, hi) whose higher bytes equal `prefix` (under mask `known`).
+    offs = tl.arange(0, BLOCK)
+    bins = tl.arange(0, BINS)
+    hist = tl.zeros((BINS,), dtype=tl.int32)
+    dropped = 0
+    for start in range(lo, hi, BLOCK):
+        i = start + offs  # [BLOCK]
+        ok = i < hi
+        key = _ordered_key(tl.load(row + i, mask=ok, other=0.0))
+        match = ok & ((key & known) == prefix)
+        digit = tl.where(match, (key >> shift) & (BINS - 1), 0).to(tl.int32)
+        hist += tl.histogram(digit, BINS)
+        dropped += tl.sum((~match).to(tl.int32), axis=0)
+    return hist - tl.where(bins == 0, dropped, 0)  # non-matching keys were counted in bin 0
+
+
+@triton.jit
+def _choose_digit(hist, need, BINS: tl.constexpr):
+    # The digit whose bin holds the need-th largest key; how many keys lie above that bin; how many in it.
+    bins = tl.arange(0, BINS)
+    at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # [BINS] keys with digit >= bin
+    chosen = tl.max(tl.where(at_or_above >= need, bins, -1), axis=0)
+    above = tl.sum(tl.where(bins > chosen, hist, 0), axis=0)
+    in_bin = tl.sum(tl.where(bins == chosen, hist, 0), axis=0)
+    return chosen, above, in_bin
+
+
+@triton.jit
+def _write_selection(
+    row, out, lo, hi, prefix, known, first_tied, need, above_base, tied_base, BLOCK: tl.constexpr, WRITE: tl.constexpr
+):
+    # Over [lo, hi): keys above the threshold go to out[above_base + rank], the first `need` tied ones after
+    # first_tied. Returns how many of each this range held; with WRITE false it only counts.
+    offs = tl.arange(0, BLOCK)
+    n_above = 0
+    n_tied = 0
+    for start in range(lo, hi, BLOCK):
+        i = start + offs
+        ok = i < hi
+        key = _ordered_key(tl.load(row + i, mask=ok, other=0.0)) & known
+        above = ok & (key > prefix)
+        tied = ok & (key == prefix)
+        above_rank = above_base + n_above + tl.cumsum(above.to(tl.int32), axis=0) - 1
+        tied_rank = tied_base + n_tied + tl.cumsum(tied.to(tl.int32), axis=0) - 1
+        if WRITE:
+            tl.store(out + above_rank, i, mask=above)
+            tl.store(out + (tied_rank + first_tied), i, mask=tied & (tied_rank < need))
+        n_above += tl.sum(above.to(tl.int32), axis=0)
+        n_tied += tl.sum(tied.to(tl.int32), axis=0)
+    return n_above, n_tied
+
+
+@triton.jit
+def _topk_row_kernel(
     logits_ptr,  # [R, N] f32
     lengths_ptr,  # [R] int32
     out_ptr,  # [R, K] int32
@@ -52,6 +110,7 @@ def _topk_kernel(
     BLOCK: tl.constexpr,
     BITS: tl.constexpr,
 ):
+    # One program per row: for many rows (prefill), where rows alone fill the GPU.
     BINS: tl.constexpr = 1 << BITS
     r = tl.program_id(0)
     length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
@@ -61,77 +120,175 @@ def _topk_kernel(
     if length <= K:  # a short row keeps every visible position
         tl.store(out + kk, tl.where(kk < length, kk, -1))
     else:
-        bins = tl.arange(0, BINS)
-        offs = tl.arange(0, BLOCK)
         prefix = tl.zeros((), dtype=tl.uint32)  # chosen key bytes, in place
         known = tl.zeros((), dtype=tl.uint32)  # mask of the chosen bytes
         need = K  # how many of the keys matching `prefix` still belong to the top-k
         shift = 32
         while shift > 0:
-            shift -= BITS
-            hist = tl.zeros((BINS,), dtype=tl.int32)
-            dropped = 0
-            for start in range(0, length, BLOCK):
-                i = start + offs  # [BLOCK]
-                ok = i < length
-                key = _ordered_key(tl.load(row + i, mask=ok, other=0.0))
-                match = ok & ((key & known) == prefix)
-                digit = tl.where(match, (key >> shift) & (BINS - 1), 0).to(tl.int32)
-                hist += tl.histogram(digit, BINS)
-                dropped += tl.sum((~match).to(tl.int32), axis=0)
-            hist -= tl.where(bins == 0, dropped, 0)  # non-matching keys were counted in bin 0
-            at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # [BINS] keys with digit >= bin
-            chosen = tl.max(tl.where(at_or_above >= need, bins, -1), axis=0)
-            need -= tl.sum(tl.where(bins > chosen, hist, 0), axis=0)
+            shift = tl.maximum(shift - BITS, 0)  # the last digit may overlap bytes already chosen: harmless
+            hist = _digit_histogram(row, 0, length, prefix, known, shift, BLOCK, BINS)
+            chosen, above, in_bin = _choose_digit(hist, need, BINS)
+            need -= above
             prefix = prefix | (chosen.to(tl.uint32) << shift)
             known = known | (tl.full((), BINS - 1, tl.uint32) << shift)
-            if tl.sum(tl.where(bins == chosen, hist, 0), axis=0) == need:
+            if in_bin == need:
                 shift = 0  # the whole bin is taken: no need to resolve lower bytes
-        above_base = 0
-        tied_base = 0
-        for start in range(0, length, BLOCK):
-            i = start + offs
-            ok = i < length
-            key = _ordered_key(tl.load(row + i, mask=ok, other=0.0)) & known
-            above = ok & (key > prefix)
-            tied = ok & (key == prefix)
-            above_rank = above_base + tl.cumsum(above.to(tl.int32), axis=0) - 1
-            tied_rank = tied_base + tl.cumsum(tied.to(tl.int32), axis=0) - 1
-            tl.store(out + above_rank, i, mask=above)
-            tl.store(out + (tied_rank + (K - need)), i, mask=tied & (tied_rank < need))
-            above_base += tl.sum(above.to(tl.int32), axis=0)
-            tied_base += tl.sum(tied.to(tl.int32), axis=0)
+        _write_selection(row, out, 0, length, prefix, known, K - need, need, 0, 0, BLOCK, True)
+
+
+# The split path keeps each row's search state in global memory between launches: [prefix, known, need, done,
+# keys written above, keys written tied, -, -] as int32.
+STATE = 8
+
+
+@triton.jit
+def _topk_init_kernel(lengths_ptr, state_ptr, hist_ptr, N, K: tl.constexpr, BINS: tl.constexpr, STATE: tl.constexpr):
+    r = tl.program_id(0)
+    length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
+    fields = tl.arange(0, STATE)
+    init = tl.where(fields == 2, K, 0)
+    init = tl.where(fields == 3, (length <= K).to(tl.int32), init)
+    tl.store(state_ptr + r * STATE + fields, init)
+    tl.store(hist_ptr + r * BINS + tl.arange(0, BINS), tl.zeros((BINS,), dtype=tl.int32))
+
+
+@triton.jit
+def _topk_hist_kernel(
+    logits_ptr,  # [R, N] f32
+    lengths_ptr,  # [R] int32
+    state_ptr,  # [R, STATE] int32
+    hist_ptr,  # [R, BINS] int32, zero on entry
+    N,
+    stride_row,
+    shift,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BITS: tl.constexpr,
+    STATE: tl.constexpr,
+):
+    # Programs (row, chunk): each adds its chunk's histogram of one key byte into the row's.
+    BINS: tl.constexpr = 1 << BITS
+    r = tl.program_id(0)
+    lo = tl.program_id(1) * CHUNK
+    state = state_ptr + r * STATE
+    length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
+    if (tl.load(state + 3) == 0) & (lo < length):
+        row = logits_ptr + r.to(tl.int64) * stride_row
+        prefix = tl.load(state).to(tl.uint32, bitcast=True)
+        known = tl.load(state + 1).to(tl.uint32, bitcast=True)
+        hist = _digit_histogram(row, lo, tl.minimum(lo + CHUNK, length), prefix, known, shift, BLOCK, BINS)
+        tl.atomic_add(hist_ptr + r * BINS + tl.arange(0, BINS), hist)
+
+
+@triton.jit
+def _topk_select_kernel(state_ptr, hist_ptr, shift, BITS: tl.constexpr, STATE: tl.constexpr):
+    # One program per row: pick this byte of the threshold from the summed histogram; clear it for the next byte.
+    BINS: tl.constexpr = 1 << BITS
+    r = tl.program_id(0)
+    state = state_ptr + r * STATE
+    if tl.load(state + 3) == 0:
+        bins = hist_ptr + r * BINS + tl.arange(0, BINS)
+        need = tl.load(state + 2)
+        chosen, above, in_bin = _choose_digit(tl.load(bins), need, BINS)
+        need -= above
+        prefix = tl.load(state).to(tl.uint32, bitcast=True) | (chosen.to(tl.uint32) << shift)
+        known = tl.load(state + 1).to(tl.uint32, bitcast=True) | (tl.full((), BINS - 1, tl.uint32) << shift)
+        tl.store(state, prefix.to(tl.int32, bitcast=True))
+        tl.store(state + 1, known.to(tl.int32, bitcast=True))
+        tl.store(state + 2, need)
+        tl.store(state + 3, ((in_bin == need) | (shift == 0)).to(tl.int32))
+        tl.store(bins, tl.zeros((BINS,), dtype=tl.int32))
+
+
+@triton.jit
+def _topk_collect_kernel(
+    logits_ptr,  # [R, N] f32
+    lengths_ptr,  # [R] int32
+    state_ptr,  # [R, STATE] int32
+    out_ptr,  # [R, K] int32
+    N,
+    stride_row,
+    K: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+    STATE: tl.constexpr,
+):
+    # Programs (row, chunk) write their chunk's selected positions at places reserved with atomics, so which tied
+    # keys are kept may vary between runs; the selected values do not.
+    r = tl.program_id(0)
+    lo = tl.program_id(1) * CHUNK
+    state = state_ptr + r * STATE
+    out = out_ptr + r.to(tl.int64) * K
+    length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
+    offs = tl.arange(0, BLOCK)
+    if length <= K:  # a short row keeps every visible position; the chunks tile the K output places
+        for start in range(lo, tl.minimum(lo + CHUNK, K), BLOCK):
+            j = start + offs
+            tl.store(out + j, tl.where(j < length, j, -1), mask=j < K)
+    elif lo < length:
+        row = logits_ptr + r.to(tl.int64) * stride_row
+        prefix = tl.load(state).to(tl.uint32, bitcast=True)
+        known = tl.load(state + 1).to(tl.uint32, bitcast=True)
+        need = tl.load(state + 2)
+        hi = tl.minimum(lo + CHUNK, length)
+        counted_above, counted_tied = _write_selection(row, out, lo, hi, prefix, known, 0, 0, 0, 0, BLOCK, False)
+        above_base = tl.atomic_add(state + 4, counted_above)
+        tied_base = tl.atomic_add(state + 5, counted_tied)
+        _write_selection(row, out, lo, hi, prefix, known, K - need, need, above_base, tied_base, BLOCK, True)
 
 
 def topk_indices(logits: Tensor, lengths: Tensor, k: int = 2048) -> Tensor:
     """The `k` largest of the first `lengths[r]` logits of each row, as int32 positions, -1 padded.
 
     logits: f32 [R, N]; lengths: int32 [R]. A row with lengths[r] <= k gets 0 .. len-1. Order inside a row is
-    unspecified; ties go to lower positions. Lengths are read on the device: CUDA-graph safe.
+    unspecified and ties may resolve either way. Lengths are read on the device: CUDA-graph safe.
+
+    Many rows (prefill) run one program per row. Fewer rows than multiprocessors (decode) split each row over
+    chunks of SPLIT_CHUNK logits, one launch per key byte, with the search state kept on the device.
     """
     if logits.dim() != 2 or logits.dtype != torch.float32:
         raise ValueError(f"logits must be float32 [R, N], got {logits.dtype} {tuple(logits.shape)}")
-    rows = logits.shape[0]
+    rows, width = logits.shape
     if lengths.shape != (rows,) or lengths.dtype != torch.int32:
         raise ValueError(f"lengths must be int32 [R] = [{rows}], got {lengths.dtype} {tuple(lengths.shape)}")
     if k < 16 or k & (k - 1):
         raise ValueError(f"k must be a power of two >= 16 (DSA uses 2048), got {k}")
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
+    lengths = lengths.contiguous()
     out = torch.empty(rows, k, dtype=torch.int32, device=logits.device)
-    if rows:
-        warps = topk_warps(tensor_capability(logits))
-        block = 1024 if interpreting() else TOPK_BLOCK
-        _topk_kernel[(rows,)](
-            logits,
-            lengths.contiguous(),
-            out,
-            logits.shape[1],
-            logits.stride(0),
-            K=k,
-            BLOCK=block,
-            BITS=RADIX_BITS,
-            num_warps=warps,
+    if rows == 0:
+        return out
+    warps = topk_warps(tensor_capability(logits))
+    block = 1024 if interpreting() else TOPK_BLOCK
+    if rows >= sm_count(logits):
+        _topk_row_kernel[(rows,)](
+            logits, lengths, out, width, logits.stride(0), K=k, BLOCK=block, BITS=RADIX_BITS, num_warps=warps
         )
+        return out
+    chunk = 2 * block
+    chunks = triton.cdiv(max(width, k), chunk)
+    state = torch.empty(rows, STATE, dtype=torch.int32, device=logits.device)
+    hist = torch.empty(rows, 1 << RADIX_BITS, dtype=torch.int32, device=logits.device)
+    _topk_init_kernel[(rows,)](lengths, state, hist, width, K=k, BINS=1 << RADIX_BITS, STATE=STATE)
+    for shift in radix_shifts(RADIX_BITS):
+        _topk_hist_kernel[(rows, chunks)](
+            logits, lengths, state, hist, width, logits.stride(0), shift,
+            CHUNK=chunk, BLOCK=block, BITS=RADIX_BITS, STATE=STATE, num_warps=warps,
+        )  # fmt: skip
+        _topk_select_kernel[(rows,)](state, hist, shift, BITS=RADIX_BITS, STATE=STATE)
+    _topk_collect_kernel[(rows, chunks)](
+        logits,
+        lengths,
+        state,
+        out,
+        width,
+        logits.stride(0),
+        K=k,
+        CHUNK=chunk,
+        BLOCK=block,
+        STATE=STATE,
+        num_warps=warps,
+    )
     return out
 
 

@@ -56,7 +56,7 @@ def specs() -> list[Spec]:
         MLA_ROW_BYTES,
         MLA_SCALE_OFFSET,
     )
-    from sparsegate.kernels.dsa.topk import RADIX_BITS, TOPK_BLOCK, topk_warps
+    from sparsegate.kernels.dsa.topk import RADIX_BITS, STATE, TOPK_BLOCK, topk_warps
 
     indexer = importlib.import_module("sparsegate.kernels.dsa.indexer")
     sparse_mla = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")  # the package re-exports the function
@@ -125,15 +125,22 @@ def specs() -> list[Spec]:
         out.append(
             Spec("_ragged_mqa_logits_kernel", "indexer", ragged_types, shape, cfg.num_warps, cfg.num_stages, [FP8_MMA])
         )
-    out.append(
-        Spec(
-            "_topk_kernel",
-            "topk",
-            {"logits_ptr": "*fp32", "lengths_ptr": "*i32", "out_ptr": "*i32"},
-            {"K": 2048, "BLOCK": TOPK_BLOCK, "BITS": RADIX_BITS},
-            topk_warps(ada),
-        )
-    )
+    logits_types = {
+        "logits_ptr": "*fp32",
+        "lengths_ptr": "*i32",
+        "out_ptr": "*i32",
+        "state_ptr": "*i32",
+        "hist_ptr": "*i32",
+    }
+    radix = {"BLOCK": TOPK_BLOCK, "BITS": RADIX_BITS}
+    split = {"CHUNK": 2 * TOPK_BLOCK, "STATE": STATE}
+    out += [
+        Spec("_topk_row_kernel", "topk", logits_types, {"K": 2048, **radix}, topk_warps(ada)),
+        Spec("_topk_init_kernel", "topk", logits_types, {"K": 2048, "BINS": 1 << RADIX_BITS, "STATE": STATE}),
+        Spec("_topk_hist_kernel", "topk", logits_types, {**radix, **split}, topk_warps(ada)),
+        Spec("_topk_select_kernel", "topk", logits_types, {"BITS": RADIX_BITS, "STATE": STATE}),
+        Spec("_topk_collect_kernel", "topk", logits_types, {"K": 2048, "BLOCK": TOPK_BLOCK, **split}, topk_warps(ada)),
+    ]
     out.append(
         Spec(
             "_slots_kernel",
@@ -155,15 +162,15 @@ def specs() -> list[Spec]:
         sparse_mla.SPARSE_MLA_CANDIDATES, ada, sparse_mla.sparse_mla_shared_memory, sparse_mla.SPARSE_MLA_HOPPER_ONLY
     )
     for cfg in mla:
-        for splits in (1, 16):
+        for partial in (False, True):
             shape = {
-                "NUM_SPLITS": splits,
+                "PARTIAL": partial,
                 **mla_row,
                 "TILE": 128,
                 "ROPE": 64,
                 **cfg.kwargs,
             }
-            types = {**mla_types, "out_ptr": "*bf16" if splits == 1 else "*fp32"}
+            types = {**mla_types, "out_ptr": "*fp32" if partial else "*bf16"}
             out.append(
                 Spec("_sparse_mla_kernel", "sparse_mla", types, shape, cfg.num_warps, cfg.num_stages, [BF16_MMA])
             )
@@ -172,7 +179,7 @@ def specs() -> list[Spec]:
             "_merge_splits_kernel",
             "sparse_mla",
             {"part_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"},
-            {"NUM_SPLITS": 16, "DV": 512},
+            {"MAX_SPLITS": 16, "DV": 512},
         )
     )
     return out

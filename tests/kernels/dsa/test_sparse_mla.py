@@ -7,7 +7,7 @@ import torch
 
 from sparsegate.kernels.dsa import sparse_mla
 from sparsegate.kernels.dsa.naive import naive_sparse_mla
-from sparsegate.kernels.dsa.sparse_mla import choose_splits
+from sparsegate.kernels.dsa.sparse_mla import max_splits, wants_partials
 from tests.kernels.checks import assert_close
 from tests.kernels.dsa_inputs import mla_cache, mla_queries, slot_indices
 
@@ -47,10 +47,11 @@ def test_sparse_mla_matches_twin(tokens, heads, topk, num_slots, device, poisone
 
 
 def test_few_rows_split_the_index_list() -> None:
-    assert choose_splits(tokens=1, heads=8, topk=2048, multiprocessors=132) == 16
-    assert choose_splits(tokens=32, heads=64, topk=2048, multiprocessors=132) == 1
-    assert choose_splits(tokens=4096, heads=64, topk=2048, multiprocessors=132) == 1
-    assert choose_splits(tokens=1, heads=8, topk=128, multiprocessors=132) == 1
+    assert wants_partials(tokens=32, heads=64, multiprocessors=132)
+    assert not wants_partials(tokens=4096, heads=64, multiprocessors=132)
+    assert max_splits(tokens=1, heads=8, topk=2048, multiprocessors=132) == 16
+    assert max_splits(tokens=32, heads=64, topk=2048, multiprocessors=132) == 8
+    assert max_splits(tokens=1, heads=8, topk=128, multiprocessors=132) == 1
 
 
 def test_sparse_mla_says_what_q_must_be(device) -> None:

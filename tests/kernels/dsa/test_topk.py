@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sparsegate.kernels.dsa import slots_from_positions, topk_indices
+from sparsegate.kernels.dsa import topk as topk_module
 from sparsegate.kernels.dsa.naive import naive_slots_from_positions, naive_topk_indices
 from tests.kernels.checks import assert_topk_valid, topk_recall
 
@@ -16,12 +17,26 @@ TOPK_CASES = [
 ]
 
 
+@pytest.fixture(params=["row", "split"])
+def topk_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Force one program per row (as for prefill) or rows split over chunks (as for decode)."""
+    monkeypatch.setattr(topk_module, "sm_count", lambda _: 1 if request.param == "row" else 1 << 20)
+    return str(request.param)
+
+
+@pytest.fixture(params=[5, 8], ids=["radix5", "radix8"])
+def radix_bits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Digits of 5 bits (7 passes, the last overlapping) or of 8 bits (4 passes)."""
+    monkeypatch.setattr(topk_module, "RADIX_BITS", request.param)
+    return int(request.param)
+
+
 @pytest.mark.parametrize(
     ("k", "lengths", "width"),
     TOPK_CASES,
     ids=[f"topk{c[0]}-R{len(c[1])}-len{'+'.join(map(str, c[1]))}" for c in TOPK_CASES],
 )
-def test_topk_is_exact_without_ties(k, lengths, width, device, poisoned) -> None:
+def test_topk_is_exact_without_ties(k, lengths, width, topk_path, radix_bits, device, poisoned) -> None:
     gen = torch.Generator(device=device).manual_seed(20)
     logits = torch.randn(len(lengths), width, generator=gen, device=device)
     logits[1] = -logits[1].abs()  # a row of negative logits exercises the sign handling of the keys
@@ -34,7 +49,7 @@ def test_topk_is_exact_without_ties(k, lengths, width, device, poisoned) -> None
         assert set(got[r].tolist()) == set(want[r].tolist()), f"row {r} differs from the twin's set"
 
 
-def test_topk_with_heavy_ties_selects_the_same_values(device, poisoned) -> None:
+def test_topk_with_heavy_ties_selects_the_same_values(topk_path, radix_bits, device, poisoned) -> None:
     gen = torch.Generator(device=device).manual_seed(21)
     logits = torch.randint(0, 40, (3, 3000), generator=gen, device=device).float() / 8
     lens = torch.tensor([3000, 2500, 2100], dtype=torch.int32, device=device)
