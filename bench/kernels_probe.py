@@ -55,9 +55,8 @@ def probe_sparse_mla() -> None:
         ms = graph_ms(partial(mla.sparse_mla, q, kv, idx, SM_SCALE))
         floor = max(tokens * 2048 * MLA_ROW_BYTES / 2.998e9, 2.0 * tokens * heads * 2048 * 1088 / 778e12 * 1e3)
         best = mla._sparse_mla_kernel.best_config
-        print(
-            f"  sparse_mla T={tokens} H={heads}: {ms * 1000:.1f} us, {100 * floor / ms:.0f}% of floor, err {err:.1e}, {best}"
-        )
+        shown = f"{ms * 1000:.1f} us, {100 * floor / ms:.0f}% of floor, err {err:.1e}"
+        print(f"  sparse_mla T={tokens} H={heads}: {shown}, {best}", flush=True)
 
 
 def probe_topk() -> None:
