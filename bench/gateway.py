@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,41 +26,13 @@ from typing import Any
 
 import httpx
 import yaml
+from admission import redis_server  # bench/ is the script's directory, so its sibling imports directly
 
 from sparsegate.backends.sim.process import pick_free_port, spawn_sim, stop_sim, wait_ready
 from sparsegate.gateway.settings import hash_api_key
 
 KEY = "sk-bench-0123456789abcdef"
 MODEL = "bench-model"
-
-
-def _pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not on PATH; install it (apt-get install redis-server)")
-    port = pick_free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _pong(port):
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @contextmanager
@@ -195,7 +165,7 @@ def main() -> int:
             ]
             for name, limits, use_redis in setups:
                 if use_redis:
-                    with redis_server(workdir) as redis_url, gateway(workdir, sim_url, limits, redis_url) as gw:
+                    with redis_server() as redis_url, gateway(workdir, sim_url, limits, redis_url) as gw:
                         wall, own = asyncio.run(latencies(gw, args.requests, stream))
                 else:
                     with gateway(workdir, sim_url, limits, None) as gw:
