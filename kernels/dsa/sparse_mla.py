@@ -80,9 +80,8 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     if len(tiles) == 1 and tiles[0] is SPARSE_MLA_INTERPRETER:
         return tiles
     if kwargs.get("PARTIAL"):
-        q = named_args["q_ptr"]
-        most = max_splits(q.shape[0], q.shape[1], named_args["TOPK"], sm_count(q))
-        return [c for c in configs if c.kwargs["num_splits"] <= most and _same_tile(c, tiles)]
+        cap = named_args["split_cap"]
+        return [c for c in configs if c.kwargs["num_splits"] <= cap and _same_tile(c, tiles)]
     return [c for c in configs if c.kwargs["num_splits"] == 1 and _same_tile(c, tiles)]
 
 
@@ -100,10 +99,10 @@ TUNED_CONFIGS = [
 
 @triton.autotune(
     configs=autotune_configs(TUNED_CONFIGS, SPARSE_MLA_INTERPRETER),
-    key=["H", "PARTIAL", "token_bucket"],
+    key=["H", "PARTIAL", "token_bucket", "split_cap"],
     prune_configs_by={"early_config_prune": _prune},
 )
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit(do_not_specialize=["num_splits", "split_cap"])
 def _sparse_mla_kernel(
     q_ptr,  # [T, H, 576] bf16
     row_fp8_ptr,  # the cache as e4m3 [S, 656]
@@ -119,6 +118,7 @@ def _sparse_mla_kernel(
     stride_qh,
     stride_it,
     token_bucket,  # T rounded up to a power of two, at most 4096: only for the autotune key
+    split_cap,  # the most splits the partial buffers hold (max_splits): in the key, and a bound
     num_splits,  # chosen by the autotuner; 1 without PARTIAL
     PARTIAL: tl.constexpr,
     ROW_BYTES: tl.constexpr,
@@ -149,7 +149,7 @@ def _sparse_mla_kernel(
     acc2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
 
-    splits = num_splits if PARTIAL else 1
+    splits = tl.minimum(num_splits, split_cap) if PARTIAL else 1
     split_len = tl.cdiv(TOPK, splits)
     begin = split * split_len
     end = tl.minimum(begin + split_len, TOPK)
@@ -272,15 +272,15 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         return out, lse
     multiprocessors = sm_count(q)
     partial = wants_partials(tokens, heads, multiprocessors)
+    cap = max_splits(tokens, heads, topk, multiprocessors) if partial else 1
     if partial:
-        most = max_splits(tokens, heads, topk, multiprocessors)
-        part = torch.empty(tokens * most * heads * LATENT_DIM, dtype=torch.float32, device=q.device)
-        part_lse = torch.empty(tokens * most * heads, dtype=torch.float32, device=q.device)
+        part = torch.empty(tokens * cap * heads * LATENT_DIM, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(tokens * cap * heads, dtype=torch.float32, device=q.device)
     else:
         part, part_lse = out, lse
 
     def grid(meta: dict[str, int]) -> tuple[int, int, int]:
-        return (triton.cdiv(heads, meta["BLOCK_H"]), meta["num_splits"] if partial else 1, tokens)
+        return (triton.cdiv(heads, meta["BLOCK_H"]), min(meta["num_splits"], cap) if partial else 1, tokens)
 
     _sparse_mla_kernel[grid](
         q,
@@ -297,6 +297,7 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         q.stride(1),
         indices.stride(0),
         min(triton.next_power_of_2(tokens), 4096),
+        cap,
         PARTIAL=partial,
         ROW_BYTES=MLA_ROW_BYTES,
         SCALE_OFFSET=MLA_SCALE_OFFSET,
@@ -305,7 +306,7 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         ROPE=ROPE_DIM,
     )
     if partial:
-        splits = _sparse_mla_kernel.best_config.kwargs["num_splits"]  # host state of the autotuner: no sync
+        splits = min(_sparse_mla_kernel.best_config.kwargs["num_splits"], cap)  # the autotuner's host state
         _merge_splits_kernel[(heads, tokens)](
             part, part_lse, out, lse, heads, splits, MAX_SPLITS=MAX_SPLITS, DV=LATENT_DIM
         )

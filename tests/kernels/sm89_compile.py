@@ -56,7 +56,7 @@ def specs() -> list[Spec]:
         MLA_ROW_BYTES,
         MLA_SCALE_OFFSET,
     )
-    from sparsegate.kernels.dsa.topk import RADIX_BITS, STATE, TOPK_BLOCK, topk_warps
+    from sparsegate.kernels.dsa.topk import RADIX_BITS, ROW_RADIX_BITS, STATE, TOPK_BLOCK, topk_warps
 
     indexer = importlib.import_module("sparsegate.kernels.dsa.indexer")
     sparse_mla = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")  # the package re-exports the function
@@ -135,7 +135,7 @@ def specs() -> list[Spec]:
     radix = {"BLOCK": TOPK_BLOCK, "BITS": RADIX_BITS}
     split = {"CHUNK": 2 * TOPK_BLOCK, "STATE": STATE}
     out += [
-        Spec("_topk_row_kernel", "topk", logits_types, {"K": 2048, **radix}, topk_warps(ada)),
+        Spec("_topk_row_kernel", "topk", logits_types, {"K": 2048, **radix, "BITS": ROW_RADIX_BITS}, topk_warps(ada)),
         Spec("_topk_init_kernel", "topk", logits_types, {"K": 2048, "BINS": 1 << RADIX_BITS, "STATE": STATE}),
         Spec("_topk_hist_kernel", "topk", logits_types, {**radix, **split}, topk_warps(ada)),
         Spec("_topk_select_kernel", "topk", logits_types, {"BITS": RADIX_BITS, "STATE": STATE}),

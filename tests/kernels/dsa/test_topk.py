@@ -28,6 +28,7 @@ def topk_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 def radix_bits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Digits of 5 bits (7 passes, the last overlapping) or of 8 bits (4 passes)."""
     monkeypatch.setattr(topk_module, "RADIX_BITS", request.param)
+    monkeypatch.setattr(topk_module, "ROW_RADIX_BITS", request.param)
     return int(request.param)
 
 
