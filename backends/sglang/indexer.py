@@ -56,12 +56,13 @@ def fp8_paged_mqa_logits(
     pages = kv_cache.view(torch.uint8).reshape(kv_cache.shape[0], -1)
     if pages.shape[1] != INDEX_PAGE_BYTES:
         raise ValueError(f"index-K pages must be {INDEX_PAGE_BYTES} bytes (64-token pages), got {pages.shape[1]}")
-    lens = context_lens[:, 0] if context_lens.dim() == 2 else context_lens
+    # Column 0 of a [B, n] table is a strided view; the kernel reads lengths as a dense int32 [B].
+    lens = (context_lens[:, 0] if context_lens.dim() == 2 else context_lens).to(torch.int32).contiguous()
     return paged_mqa_logits(
         q,
         pages,
         weights.float(),
-        lens.to(torch.int32),
+        lens,
         block_table.to(torch.int32),
         int(max_seq_len),
     )
