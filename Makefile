@@ -25,6 +25,12 @@ $(VENV)/.stamp-serve: pyproject.toml | $(BIN)/python
 $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-serve
 	$(BIN)/pip install -q 'torch==2.13.0'
 	$(BIN)/pip install -q -e '.[dev,kernels]'
+	# SGLang itself, for the plugin tests that import its real classes on CPU. --no-deps everywhere: its own
+	# requirements pin torch 2.14.1 (a CUDA build); these are just the pure-Python imports its DSA modules need.
+	$(BIN)/pip install -q --no-deps 'sglang==0.5.23' 'transformers==5.19.0' 'compressed-tensors==0.18.0' \
+		'apache-tvm-ffi==0.1.11' 'sentencepiece==0.2.1' safetensors orjson psutil pybase64 pillow msgspec pyzmq \
+		ipython traitlets aiohttp multidict yarl propcache aiohappyeyeballs aiosignal frozenlist regex dill loguru \
+		gguf partial-json-parser einops
 	mkdir -p $(MYPY_SRC)/sparsegate
 	ln -sfn ../../../gateway $(MYPY_SRC)/sparsegate/gateway
 	ln -sfn ../../../backends $(MYPY_SRC)/sparsegate/backends

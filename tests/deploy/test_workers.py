@@ -30,6 +30,7 @@ SGLANG_0_5_23_FLAGS = {
     "--dsa-prefill-backend",
     "--dsa-decode-backend",
     "--dsa-topk-backend",
+    "--speculative-dsa-topk-backend",
     "--fp8-gemm-backend",
     "--moe-runner-backend",
     "--mem-fraction-static",
@@ -44,9 +45,12 @@ ADA_FLAGS = {
     "--kv-cache-dtype": "fp8_e4m3",
     "--page-size": "64",
     "--attention-backend": "dsa",
-    "--dsa-prefill-backend": "triton_sparse_mla",
+    # "triton", not "triton_sparse_mla": 0.5.23 refuses the latter below sm_90, and the "triton" path hands the
+    # paged 656-byte FP8 cache to the function our plugin replaces.
+    "--dsa-prefill-backend": "triton",
     "--dsa-decode-backend": "triton",
     "--dsa-topk-backend": "torch",
+    "--speculative-dsa-topk-backend": "torch",  # the MTP draft worker defaults to sgl-kernel's top-k
     "--fp8-gemm-backend": "triton",
     "--moe-runner-backend": "triton",
     "--enable-metrics": None,
@@ -125,3 +129,22 @@ def test_leader_and_workers_agree(prod: Docs) -> None:
         assert lwt["leaderTemplate"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
         assert lws["spec"]["startupPolicy"] == "LeaderCreated", "LeaderReady would deadlock: workers load the model too"
         assert lwt["restartPolicy"] == "RecreateGroupOnPodRestart"
+
+
+def test_manifests_agree_with_the_launchers_ada_flags(
+    workers: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]],
+) -> None:
+    """The manifests call sglang.launch_server directly; they must carry every flag and variable our launcher
+    (sparsegate.backends.sglang.launch) would add, so the two ways of starting a worker cannot drift apart."""
+    from sparsegate.backends.sglang.flags import ADA_ENV, ADA_FLAGS as LAUNCHER_FLAGS
+
+    for label, c, _, _ in workers:
+        flags = parse_flags(c["args"])
+        for flag in LAUNCHER_FLAGS:
+            assert flags.get(flag.name) == flag.value, (
+                f"{label}: {flag.name}={flags.get(flag.name)!r}, not {flag.value!r}"
+            )
+        for name, (value, _why) in ADA_ENV.items():
+            assert env_value(c, name) is not None, f"{label}: {name} missing"
+            if name != "SGLANG_PLUGINS":
+                assert env_value(c, name) == value, f"{label}: {name}"
