@@ -136,7 +136,8 @@ def test_manifests_agree_with_the_launchers_ada_flags(
 ) -> None:
     """The manifests call sglang.launch_server directly; they must carry every flag and variable our launcher
     (sparsegate.backends.sglang.launch) would add, so the two ways of starting a worker cannot drift apart."""
-    from sparsegate.backends.sglang.flags import ADA_ENV, ADA_FLAGS as LAUNCHER_FLAGS
+    from sparsegate.backends.sglang.flags import ADA_ENV
+    from sparsegate.backends.sglang.flags import ADA_FLAGS as LAUNCHER_FLAGS
 
     for label, c, _, _ in workers:
         flags = parse_flags(c["args"])
