@@ -22,7 +22,7 @@ $(VENV)/.stamp-serve: pyproject.toml | $(BIN)/python
 
 # Tests need the dev tools and the kernel stack. torch is installed first, pinned to the CPU build these
 # machines carry, so the unpinned `torch` of the kernels extra never pulls a multi-GB CUDA build.
-$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-serve
+$(VENV)/.stamp-test: pyproject.toml Makefile $(VENV)/.stamp-serve
 	$(BIN)/pip install -q 'torch==2.13.0'
 	$(BIN)/pip install -q -e '.[dev,kernels]'
 	# SGLang itself, for the plugin tests that import its real classes on CPU. --no-deps everywhere: its own
