@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sparsegate.kernels.dsa import naive as twin
 from sparsegate.kernels.dsa import topk as topk_module
-from sparsegate.kernels.dsa._layout import LATENT_DIM, MLA_ROPE_OFFSET, MLA_ROW_BYTES, MLA_SCALE_OFFSET
+from sparsegate.kernels.dsa._layout import MLA_ROW_BYTES
 from tests.kernels.dsa_inputs import mla_cache, mla_queries
 
 mla = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")
@@ -60,52 +59,6 @@ def probe_sparse_mla() -> None:
         print(f"  sparse_mla T={tokens} H={heads}: {shown}, {best}", flush=True)
 
 
-def run_variant(q, kv, idx, tile: tuple[int, int, int], splits: int, reload_v: bool, fp16: bool):  # type: ignore[no-untyped-def]
-    tokens, heads, _ = q.shape
-    topk = idx.shape[1]
-    block_h, block_n, warps = tile
-    out = torch.empty(tokens, heads, LATENT_DIM, dtype=torch.bfloat16, device="cuda")
-    lse = torch.empty(tokens, heads, device="cuda")
-    partial_out = splits > 1
-    part = torch.empty(tokens * splits * heads * LATENT_DIM, device="cuda") if partial_out else out
-    part_lse = torch.empty(tokens * splits * heads, device="cuda") if partial_out else lse
-    grid = (triton.cdiv(heads, block_h), splits, tokens)
-    compiled = mla._sparse_mla_kernel.fn[grid](
-        q, kv.view(torch.float8_e4m3fn), kv.view(torch.float32), kv.view(torch.bfloat16), idx, part, part_lse,
-        SM_SCALE * 1.4426950408889634, heads, topk, q.stride(0), q.stride(1), idx.stride(0), 1, splits, splits,
-        PARTIAL=partial_out, ROW_BYTES=MLA_ROW_BYTES, SCALE_OFFSET=MLA_SCALE_OFFSET, ROPE_OFFSET=MLA_ROPE_OFFSET,
-        TILE=128, ROPE=64, BLOCK_H=block_h, BLOCK_N=block_n, RELOAD_V=reload_v,
-        DOT_DTYPE=tl.float16 if fp16 else tl.bfloat16, num_warps=warps, num_stages=2,
-    )  # fmt: skip
-    if partial_out:
-        mla._merge_splits_kernel[(heads, tokens)](part, part_lse, out, lse, heads, splits, MAX_SPLITS=16, DV=LATENT_DIM)
-    return out, compiled
-
-
-def probe_sparse_variants() -> None:
-    gen = torch.Generator(device="cuda").manual_seed(9)
-    kv = mla_cache(1 << 20, "cuda", gen)
-    h8 = [(16, 64, 8), (16, 32, 8), (16, 32, 4), (16, 16, 4)]
-    h64 = [(64, 64, 8), (32, 64, 8), (16, 64, 8)]
-    for tokens, heads, tiles, split_choices in ((32, 8, h8, (4, 8)), (32, 64, h64, (4,)), (4096, 64, h64[:1], (1,))):
-        q = mla_queries(tokens, heads, "cuda", gen)
-        idx = torch.randint(0, 1 << 20, (tokens, 2048), generator=gen, device="cuda", dtype=torch.int32)
-        ref, _ = twin.naive_sparse_mla(q[:4], kv, idx[:4], SM_SCALE)
-        for tile in tiles:
-            for splits in split_choices:
-                for reload_v in (False, True):
-                    for fp16 in (False, True):
-                        out, compiled = run_variant(q, kv, idx, tile, splits, reload_v, fp16)
-                        err = float((out[:4].float() - ref.float()).norm() / ref.float().norm())
-                        ms = graph_ms(partial(run_variant, q, kv, idx, tile, splits, reload_v, fp16))
-                        label = f"tile={tile} splits={splits} reload_v={reload_v} fp16={fp16}"
-                        regs = f"regs {compiled.n_regs} spills {compiled.n_spills}"
-                        print(
-                            f"  variant T={tokens} H={heads} {label}: {ms * 1000:.1f} us err {err:.1e} {regs}",
-                            flush=True,
-                        )
-
-
 def probe_topk() -> None:
     gen = torch.Generator(device="cuda").manual_seed(8)
     for rows, width in ((32, 131072), (8192, 8192), (128, 65536)):
@@ -125,9 +78,6 @@ def probe_topk() -> None:
 
 
 def main() -> int:
-    if "--variants" in sys.argv:
-        probe_sparse_variants()
-        return 0
     probe_topk()
     probe_sparse_mla()
     return 0

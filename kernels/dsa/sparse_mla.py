@@ -128,8 +128,6 @@ def _sparse_mla_kernel(
     ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    RELOAD_V: tl.constexpr = False,  # re-gather the e4m3 tiles for P.V instead of keeping the widened ones live
-    DOT_DTYPE: tl.constexpr = tl.bfloat16,  # or float16, which e4m3 widens to in one instruction (|q| < 65504)
 ):
     t = tl.program_id(2)
     split = tl.program_id(1)
@@ -138,11 +136,11 @@ def _sparse_mla_kernel(
     d = tl.arange(0, TILE)
     r = tl.arange(0, ROPE)
     q_rows = q_ptr + t.to(tl.int64) * stride_qt + heads[:, None] * stride_qh
-    q0 = tl.load(q_rows + d[None, :], mask=h_ok[:, None], other=0.0).to(DOT_DTYPE)  # [BLOCK_H, 128]
-    q1 = tl.load(q_rows + (d + TILE)[None, :], mask=h_ok[:, None], other=0.0).to(DOT_DTYPE)
-    q2 = tl.load(q_rows + (d + 2 * TILE)[None, :], mask=h_ok[:, None], other=0.0).to(DOT_DTYPE)
-    q3 = tl.load(q_rows + (d + 3 * TILE)[None, :], mask=h_ok[:, None], other=0.0).to(DOT_DTYPE)
-    q_rope = tl.load(q_rows + (r + 4 * TILE)[None, :], mask=h_ok[:, None], other=0.0).to(DOT_DTYPE)  # [BLOCK_H, 64]
+    q0 = tl.load(q_rows + d[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 128] bf16
+    q1 = tl.load(q_rows + (d + TILE)[None, :], mask=h_ok[:, None], other=0.0)
+    q2 = tl.load(q_rows + (d + 2 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
+    q3 = tl.load(q_rows + (d + 3 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
+    q_rope = tl.load(q_rows + (r + 4 * TILE)[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 64]
 
     m = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)  # running max, base-2 domain
     denom = tl.zeros((BLOCK_H,), dtype=tl.float32)  # running sum of exp2
@@ -162,17 +160,17 @@ def _sparse_mla_kernel(
         valid = slot >= 0
         slot = tl.where(valid, slot, 0).to(tl.int64)
         rows8 = row_fp8_ptr + slot[:, None] * ROW_BYTES
-        k0 = tl.load(rows8 + d[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)  # [BLOCK_N, 128]
-        k1 = tl.load(rows8 + (d + TILE)[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-        k2 = tl.load(rows8 + (d + 2 * TILE)[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-        k3 = tl.load(rows8 + (d + 3 * TILE)[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
+        k0 = tl.load(rows8 + d[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)  # [BLOCK_N, 128]
+        k1 = tl.load(rows8 + (d + TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+        k2 = tl.load(rows8 + (d + 2 * TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+        k3 = tl.load(rows8 + (d + 3 * TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
         scales = row_f32_ptr + slot * (ROW_BYTES // 4) + SCALE_OFFSET // 4  # [BLOCK_N] pointers to 4 scales
         s0 = tl.load(scales, mask=valid, other=0.0)
         s1 = tl.load(scales + 1, mask=valid, other=0.0)
         s2 = tl.load(scales + 2, mask=valid, other=0.0)
         s3 = tl.load(scales + 3, mask=valid, other=0.0)
         rope_rows = row_bf16_ptr + slot[:, None] * (ROW_BYTES // 2)
-        k_rope = tl.load(rope_rows + (r + ROPE_OFFSET // 2)[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
+        k_rope = tl.load(rope_rows + (r + ROPE_OFFSET // 2)[None, :], mask=valid[:, None], other=0.0)
 
         scores = tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, BLOCK_N] f32
         scores += tl.dot(q0, tl.trans(k0)) * s0[None, :]
@@ -186,15 +184,10 @@ def _sparse_mla_kernel(
         alpha = tl.exp2(m - m_safe)
         p = tl.exp2(scores - m_safe[:, None])  # [BLOCK_H, BLOCK_N]
         denom = denom * alpha + tl.sum(p, axis=1)
-        if RELOAD_V:
-            k0 = tl.load(rows8 + d[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-            k1 = tl.load(rows8 + (d + TILE)[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-            k2 = tl.load(rows8 + (d + 2 * TILE)[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-            k3 = tl.load(rows8 + (d + 3 * TILE)[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-        acc0 = acc0 * alpha[:, None] + tl.dot((p * s0[None, :]).to(DOT_DTYPE), k0)
-        acc1 = acc1 * alpha[:, None] + tl.dot((p * s1[None, :]).to(DOT_DTYPE), k1)
-        acc2 = acc2 * alpha[:, None] + tl.dot((p * s2[None, :]).to(DOT_DTYPE), k2)
-        acc3 = acc3 * alpha[:, None] + tl.dot((p * s3[None, :]).to(DOT_DTYPE), k3)
+        acc0 = acc0 * alpha[:, None] + tl.dot((p * s0[None, :]).to(tl.bfloat16), k0)
+        acc1 = acc1 * alpha[:, None] + tl.dot((p * s1[None, :]).to(tl.bfloat16), k1)
+        acc2 = acc2 * alpha[:, None] + tl.dot((p * s2[None, :]).to(tl.bfloat16), k2)
+        acc3 = acc3 * alpha[:, None] + tl.dot((p * s3[None, :]).to(tl.bfloat16), k3)
         m = m_new
 
     seen = denom > 0.0

@@ -48,8 +48,6 @@ def specs() -> list[Spec]:
     """Every (kernel, config) the sm_89 path can select, each at its largest shared-memory shape."""
     import importlib
 
-    import triton.language as tl
-
     from sparsegate.kernels.dsa._configs import allowed_configs
     from sparsegate.kernels.dsa._layout import (
         INDEX_PAGE_BYTES,
@@ -167,8 +165,6 @@ def specs() -> list[Spec]:
         for partial in (False, True):
             shape = {
                 "PARTIAL": partial,
-                "RELOAD_V": False,
-                "DOT_DTYPE": tl.bfloat16,
                 **mla_row,
                 "TILE": 128,
                 "ROPE": 64,
