@@ -39,7 +39,7 @@ class Spec:
         knobs = ",".join(
             f"{k}={v}"
             for k, v in self.constexprs.items()
-            if k.isupper() and k.startswith(("BLOCK", "TILES", "NUM", "H", "NEXT"))
+            if k.isupper() and k.startswith(("BLOCK", "TILES", "H", "NEXT", "PARTIAL", "MAX", "BITS"))
         )
         return f"{self.kernel}[{knobs},w{self.num_warps},s{self.num_stages}]"
 
