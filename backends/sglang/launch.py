@@ -85,8 +85,20 @@ def command_line(launch: Launch, python: str) -> str:
     return " ".join([*assignments, shlex.join([python, "-m", SERVER_MODULE, *launch.argv])])
 
 
+def usage() -> str:
+    """The module's synopsis, then every flag and variable the launcher adds, each with its reason."""
+    lines = [__doc__.strip() if __doc__ else "", "", "Ada defaults (added when absent):"]
+    lines += [f"  {flag.name} {flag.value}: {flag.why}" for flag in ADA_FLAGS]
+    lines += [f"  {name}={value}: {why}" for name, (value, why) in ADA_ENV.items()]
+    lines += ["", f"Every other argument goes to `python -m {SERVER_MODULE}` unchanged (see its --help)."]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        print(usage())
+        return 0
     dry_run = PRINT_FLAG in args
     args = [a for a in args if a != PRINT_FLAG]
     try:

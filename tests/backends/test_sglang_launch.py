@@ -103,3 +103,11 @@ def test_environment_merges_the_allow_list_and_refuses_the_fused_top_k() -> None
 def test_refuses_incomplete_or_conflicting_arguments(args: list[str]) -> None:
     with pytest.raises(LaunchError):
         plan(args, {})
+
+
+def test_help_lists_every_ada_default_with_its_reason() -> None:
+    result = dry_run("--help")
+    assert result.returncode == 0
+    for flag in ADA_FLAGS:
+        assert f"{flag.name} {flag.value}: {flag.why}" in result.stdout
+    assert "SGLANG_PLUGINS=sparsegate" in result.stdout
