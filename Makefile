@@ -27,8 +27,10 @@ $(VENV)/.stamp-test: pyproject.toml Makefile $(VENV)/.stamp-serve
 	$(BIN)/pip install -q -e '.[dev,kernels]'
 	# SGLang itself, for the plugin tests that import its real classes on CPU. --no-deps everywhere: its own
 	# requirements pin torch 2.14.1 (a CUDA build); these are just the pure-Python imports its DSA modules need.
+	# sentencepiece stays at 0.2.0: 0.2.1's extension segfaults while the interpreter finalizes (a capsule
+	# destructor runs after its type is freed), which turned a green pytest run into exit 139.
 	$(BIN)/pip install -q --no-deps 'sglang==0.5.23' 'transformers==5.19.0' 'compressed-tensors==0.18.0' \
-		'apache-tvm-ffi==0.1.11' 'sentencepiece==0.2.1' safetensors orjson psutil pybase64 pillow msgspec pyzmq \
+		'apache-tvm-ffi==0.1.11' 'sentencepiece==0.2.0' safetensors orjson psutil pybase64 pillow msgspec pyzmq \
 		ipython traitlets aiohttp multidict yarl propcache aiohappyeyeballs aiosignal frozenlist regex dill loguru \
 		gguf partial-json-parser einops
 	mkdir -p $(MYPY_SRC)/sparsegate
