@@ -86,14 +86,20 @@ class RequestRecord:
         return max(0.0, self.elapsed() - self.upstream_s)
 
 
-class Observer(Protocol):
-    def on_admitted(self, record: RequestRecord) -> None: ...
+class Observer:
+    """What the pipeline tells observers. Every hook does nothing here; an observer overrides the ones it needs."""
 
-    def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None: ...
+    def on_admitted(self, record: RequestRecord) -> None:
+        """The limiter admitted the request (it now holds a reservation)."""
 
-    def on_chunk(self, record: RequestRecord, now: float) -> None: ...
+    def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
+        """One attempt on a worker got its answer's headers (`error` None) or failed before them."""
 
-    def on_finish(self, record: RequestRecord) -> None: ...
+    def on_chunk(self, record: RequestRecord, now: float) -> None:
+        """Streamed events went to the client at `now` (perf_counter)."""
+
+    def on_finish(self, record: RequestRecord) -> None:
+        """The request is over and settled; `record` is final."""
 
 
 def server_timing(record: RequestRecord) -> str:

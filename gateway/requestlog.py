@@ -9,7 +9,7 @@ import json
 import logging
 import time
 
-from sparsegate.gateway.record import RequestRecord
+from sparsegate.gateway.record import Observer, RequestRecord
 
 log = logging.getLogger("sparsegate.requests")
 
@@ -18,17 +18,8 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-class RequestLog:
+class RequestLog(Observer):
     """An observer that writes the request line when a request ends."""
-
-    def on_admitted(self, record: RequestRecord) -> None:
-        return None
-
-    def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
-        return None
-
-    def on_chunk(self, record: RequestRecord, now: float) -> None:
-        return None
 
     def on_finish(self, record: RequestRecord) -> None:
         if not log.isEnabledFor(logging.INFO):

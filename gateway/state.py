@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -19,39 +19,30 @@ from sparsegate.gateway.settings import Settings
 log = logging.getLogger("sparsegate.state")
 
 
-class Observers:
+class Observers(Observer):
     """Fans each event out to every observer; one failing observer never breaks a request or the others."""
 
     def __init__(self, observers: Sequence[Observer]) -> None:
         self._observers = list(observers)
 
-    def on_admitted(self, record: RequestRecord) -> None:
+    def _each(self, hook: Callable[[Observer], None]) -> None:
         for obs in self._observers:
             try:
-                obs.on_admitted(record)
+                hook(obs)
             except Exception:
                 log.exception("observer %s failed", type(obs).__name__)
+
+    def on_admitted(self, record: RequestRecord) -> None:
+        self._each(lambda obs: obs.on_admitted(record))
 
     def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
-        for obs in self._observers:
-            try:
-                obs.on_upstream_attempt(record, worker, error)
-            except Exception:
-                log.exception("observer %s failed", type(obs).__name__)
+        self._each(lambda obs: obs.on_upstream_attempt(record, worker, error))
 
     def on_chunk(self, record: RequestRecord, now: float) -> None:
-        for obs in self._observers:
-            try:
-                obs.on_chunk(record, now)
-            except Exception:
-                log.exception("observer %s failed", type(obs).__name__)
+        self._each(lambda obs: obs.on_chunk(record, now))
 
     def on_finish(self, record: RequestRecord) -> None:
-        for obs in self._observers:
-            try:
-                obs.on_finish(record)
-            except Exception:
-                log.exception("observer %s failed", type(obs).__name__)
+        self._each(lambda obs: obs.on_finish(record))
 
 
 @dataclass

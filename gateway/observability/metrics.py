@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sparsegate.gateway.record import RequestRecord
+from sparsegate.gateway.record import Observer, RequestRecord
 from sparsegate.gateway.routing import Worker
 
 # Token latencies span sub-millisecond (a cached decode step) to minutes (a long prefill behind a queue).
@@ -45,7 +45,7 @@ class _BreakerCollector(Collector):
         yield family
 
 
-class GatewayMetrics:
+class GatewayMetrics(Observer):
     """An observer that turns request records into Prometheus series."""
 
     def __init__(self, workers: Callable[[], Iterable[Worker]]) -> None:

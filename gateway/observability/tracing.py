@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from sparsegate.gateway.record import NoTrace, RequestRecord, TraceHandle
+from sparsegate.gateway.record import NoTrace, Observer, RequestRecord, TraceHandle
 from sparsegate.gateway.settings import Settings
 
 OPERATION = {"chat": "chat", "completions": "text_completion"}
@@ -36,7 +36,7 @@ def provider_from_settings(settings: Settings) -> TracerProvider | None:
     return provider
 
 
-class Tracing:
+class Tracing(Observer):
     """Starts request traces; an observer that closes them when the request is reported."""
 
     def __init__(self, provider: TracerProvider | None) -> None:
@@ -55,15 +55,6 @@ class Tracing:
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()
-
-    def on_admitted(self, record: RequestRecord) -> None:
-        return None
-
-    def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
-        return None
-
-    def on_chunk(self, record: RequestRecord, now: float) -> None:
-        return None
 
     def on_finish(self, record: RequestRecord) -> None:
         record.trace.finish(record)
