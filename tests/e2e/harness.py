@@ -173,6 +173,21 @@ class Gateway:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def stream_then_leave(
+    gw: Gateway | ThreadedGateway, body: dict[str, Any], key: str = KEY_ACME, events: int = 3
+) -> None:
+    """Start a streamed chat completion, read `events` lines of it, then drop the connection mid-stream."""
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream(
+            "POST", gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as resp,
+    ):
+        lines = resp.iter_lines()
+        for _ in range(events):
+            next(lines)
+
+
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.harness import KEY_ACME, MODEL, Gateway, Sim, tenant, wait_until
+from tests.e2e.harness import KEY_ACME, MODEL, Gateway, Sim, stream_then_leave, tenant, wait_until
 
 
 def _config(sim: Sim) -> dict[str, Any]:
@@ -265,17 +265,7 @@ def test_mid_stream_worker_failure_raises_api_error(stack: tuple[Gateway, Sim]) 
 
 def test_client_disconnect_aborts_on_the_worker(stack: tuple[Gateway, Sim]) -> None:
     gw, sim = stack
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "ignore_eos": True, "stream": True}
-    with (
-        httpx.Client(timeout=10) as http,
-        http.stream(
-            "POST", gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY_ACME}"}
-        ) as resp,
-    ):
-        lines = resp.iter_lines()
-        for _ in range(3):
-            next(lines)
-        # leaving the block closes the connection mid-stream
+    stream_then_leave(gw, {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "ignore_eos": True, "stream": True})
     assert wait_until(lambda: sim.stats()["aborted"] == 1, timeout=5)
     assert sim.stats()["active"] == 0
 

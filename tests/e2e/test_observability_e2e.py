@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from sparsegate.gateway.app import create_app
 from sparsegate.gateway.settings import load_settings
-from tests.e2e.harness import KEY_ACME, MODEL, Sim, ThreadedGateway, tenant, wait_until
+from tests.e2e.harness import KEY_ACME, MODEL, Sim, ThreadedGateway, stream_then_leave, tenant, wait_until
 
 HELLO = [{"role": "user", "content": "Tell me about sparse attention"}]
 INCOMING_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -117,10 +117,7 @@ def test_metrics_after_stream_and_non_stream(traced: tuple[ThreadedGateway, Sim,
             client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=100_000)
     # one request cancelled by its client
     body: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "ignore_eos": True, "stream": True}
-    with httpx.stream(
-        "POST", gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY_ACME}"}
-    ) as resp:
-        next(resp.iter_lines())
+    stream_then_leave(gw, body, events=1)
     # one request that fails mid-stream
     sim.faults(drop_after_tokens=2)
     httpx.post(

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.harness import KEY_ACME, MODEL, Gateway, Sim, tenant, wait_until
+from tests.e2e.harness import KEY_ACME, MODEL, Gateway, Sim, stream_then_leave, tenant, wait_until
 
 # Probe fast so that health changes show within a second or two.
 FAST_HEALTH = {
@@ -157,16 +157,7 @@ def test_disconnect_aborts_on_the_worker_that_held_the_request(
 ) -> None:
     a, b = sims(args=["--itl-ms", "5"]), sims(args=["--itl-ms", "5"])
     gw = gateways(config([pool("p", [a, b], 32_768)]))
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "ignore_eos": True, "stream": True}
-    with (
-        httpx.Client(timeout=10) as http,
-        http.stream(
-            "POST", gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY_ACME}"}
-        ) as resp,
-    ):
-        lines = resp.iter_lines()
-        for _ in range(3):
-            next(lines)
+    stream_then_leave(gw, {"model": MODEL, "messages": HELLO, "max_tokens": 5000, "ignore_eos": True, "stream": True})
     holder, other = (a, b) if received(a) == 1 else (b, a)
     assert received(holder) == 1 and received(other) == 0
     assert wait_until(lambda: holder.stats()["aborted"] == 1, timeout=5)
