@@ -149,12 +149,14 @@ def strategic_merge(base: Any, patch: Any) -> Any:
     if isinstance(base, list) and isinstance(patch, list) and _named(base) and _named(patch):
         out_list = list(base)
         index = {item["name"]: i for i, item in enumerate(out_list)}
+        added = []
         for item in patch:
             if item["name"] in index:
                 out_list[index[item["name"]]] = strategic_merge(out_list[index[item["name"]]], item)
             else:
-                out_list.append(item)
-        return out_list
+                added.append(item)
+        # kustomize puts a patch's new list items before the existing ones (checked against kubectl kustomize).
+        return added + out_list
     return patch
 
 
