@@ -4,7 +4,7 @@ Redis is never allowed to hang a request:
 - socket and connect timeouts come from settings (tens of milliseconds): each round trip must finish within
   connect + socket timeout, and a call makes at most two (EVALSHA, then EVAL after a Redis restart emptied the
   script cache); redis-py retries nothing but one immediate reconnect after a connection error;
-- a circuit breaker (breaker.py) stops calling a Redis that keeps failing, and lets one probe through after
+- a circuit breaker (gateway/breaker.py) stops calling a Redis that keeps failing, and lets one probe through after
   `breaker_reset_s`, so Redis coming back is picked up without a restart;
 - every redis/socket exception becomes `LimiterUnavailable` in `redis_errors`, the one boundary, and
   `_when_unavailable` is the one place that applies the tenant's policy: fail_closed answers 503, fail_open admits
@@ -37,9 +37,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
+from sparsegate.gateway.breaker import BreakerState, CircuitBreaker
 from sparsegate.gateway.errors import LimiterUnavailable, RateLimited
 from sparsegate.gateway.limits.base import AdmissionRequest, RateState, Reservation, go_duration
-from sparsegate.gateway.limits.breaker import Breaker, BreakerState
 from sparsegate.gateway.limits.buckets import BucketSpec, Observation, needs_settle, plan, rate_state, rejection, share
 from sparsegate.gateway.limits.memory import MemoryLimiter
 from sparsegate.gateway.limits.replicas import Heartbeat
@@ -111,7 +111,13 @@ class RedisLimiter:
         self._admit_script = _Script("admit.lua")
         self._settle = _Script("settle.lua")
         self._heartbeat_script = _Script("heartbeat.lua")
-        self.breaker = Breaker(settings.breaker_failures, settings.breaker_reset_s)
+        self.breaker = CircuitBreaker(
+            settings.breaker_failures,
+            settings.breaker_reset_s,
+            name="redis limiter",
+            guards="Redis",
+            late_success_closes=True,  # any answer shows the one shared Redis is back: see CircuitBreaker
+        )
         self._local = MemoryLimiter(settings)
         self._pending: deque[tuple[AdmissionRequest, str, int]] = deque(maxlen=MAX_PENDING_SETTLES)
         self._heartbeat = Heartbeat(settings.heartbeat_s, self._beat)
@@ -216,7 +222,7 @@ class RedisLimiter:
             if exc.can_ever_fit or not _fits_whole_limit(request):
                 raise
             # Too large for this replica's share, not for the tenant's limit: it fits again once Redis is back.
-            wait = max(1.0, self.breaker.retry_in())
+            wait = max(1.0, self.breaker.reopens_in())
             raise RateLimited(
                 f"Rate limit reached for tokens per min (TPM) on tenant {request.tenant!r}: the limiter is degraded "
                 f"and this replica's share cannot hold Requested {request.tokens}. "
@@ -298,7 +304,7 @@ class RedisLimiter:
         else:
             await self._slots.acquire()  # free: returns at once
         try:
-            if not self.breaker.allow():  # it may have opened while this call queued
+            if not self.breaker.try_acquire():  # it may have opened while this call queued
                 raise LimiterUnavailable(_UNAVAILABLE)
             try:
                 result = await self._run(script, keys, args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .breaker import BreakerState, CircuitBreaker
+from ..breaker import BreakerState, CircuitBreaker
 from .policies import Outcome, Policy
 from .pools import ModelInfo, RoutePlan
 from .router import Router

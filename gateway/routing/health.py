@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..breaker import BreakerState, Clock
 from ..settings import HealthSettings
-from .breaker import BreakerState, Clock
 from .workers import Worker
 
 log = logging.getLogger(__name__)

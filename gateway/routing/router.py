@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
+from ..breaker import CircuitBreaker, Clock
 from ..errors import NoHealthyWorker
 from ..settings import PoolConfig, Settings, TenantConfig
-from .breaker import CircuitBreaker, Clock
 from .health import HealthMonitor
 from .policies import Outcome, Policy, make_policy
 from .pools import ModelInfo, PoolTable, RoutePlan
@@ -215,9 +215,9 @@ class Router:
         if state is None:
             raise NoHealthyWorker(f"No worker is available for pool '{pool}' right now.", retry_after_s=1.0)
         if exclude:
-            candidates = [w for w in state.members if w.breaker.allows_request() and w.url not in exclude]
+            candidates = [w for w in state.members if w.breaker.allows() and w.url not in exclude]
         else:
-            candidates = [w for w in state.members if w.breaker.allows_request()]
+            candidates = [w for w in state.members if w.breaker.allows()]
         if not candidates:
             wait = self._retry_after(state, exclude)
             raise NoHealthyWorker(
@@ -225,7 +225,7 @@ class Router:
                 retry_after_s=wait,
             )
         worker = state.policy.select(candidates, affinity_key)
-        worker.breaker.on_dispatch()
+        worker.breaker.claim_trial()
         worker.in_flight += 1
         worker.picks += 1
         return worker

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .breaker import BreakerState, CircuitBreaker
+from ..breaker import BreakerState, CircuitBreaker
 
 
 class Worker:
@@ -37,7 +37,7 @@ class Worker:
     @property
     def eligible(self) -> bool:
         """May take a request now: breaker closed, or half-open with its one trial still free."""
-        return self.breaker.allows_request()
+        return self.breaker.allows()
 
     @property
     def load(self) -> int:

@@ -15,9 +15,9 @@ from typing import TypeVar
 import pytest
 from redis.asyncio import Redis
 
+from sparsegate.gateway.breaker import BreakerState
 from sparsegate.gateway.errors import LimiterUnavailable, RateLimited
 from sparsegate.gateway.limits import AdmissionRequest, Limiter, RedisLimiter, Reservation, build_limiter
-from sparsegate.gateway.limits.breaker import BreakerState
 from sparsegate.gateway.limits.memory import MemoryLimiter
 from sparsegate.gateway.settings import PoolConfig, Settings, TenantConfig, hash_api_key
 from tests.gateway.limits.conftest import LimiterFactory

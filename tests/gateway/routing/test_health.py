@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
+from sparsegate.gateway.breaker import CircuitBreaker
 from sparsegate.gateway.routing import Router
-from sparsegate.gateway.routing.breaker import CircuitBreaker
 from sparsegate.gateway.routing.health import HealthMonitor, parse_get_load, parse_metrics
 from sparsegate.gateway.routing.workers import Worker
 from sparsegate.gateway.settings import HealthSettings

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sparsegate.gateway.routing.breaker import CircuitBreaker
+from sparsegate.gateway.breaker import CircuitBreaker
 from sparsegate.gateway.routing.policies.least_outstanding import LeastOutstanding
 from sparsegate.gateway.routing.workers import Worker
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from sparsegate.gateway.routing.breaker import CircuitBreaker
+from sparsegate.gateway.breaker import CircuitBreaker
 from sparsegate.gateway.routing.policies.power_of_two import PowerOfTwo
 from sparsegate.gateway.routing.workers import Worker
 
