@@ -96,6 +96,7 @@ class Exchange(Response):
         self._client_gone = False
         self._headers_sent = False
         self._response_done = False
+        self._upstream_complete = False  # the worker finished its answer (whole body read, or the stream ended)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -204,6 +205,7 @@ class Exchange(Response):
             await self._send_error(send, exc)
             return
         record.upstream_s += time.perf_counter() - started
+        self._upstream_complete = True
         self._account_whole(body)
         headers = {**job.response_headers, "content-type": "application/json", "server-timing": server_timing(record)}
         record.status = 200
@@ -258,12 +260,8 @@ class Exchange(Response):
         finally:
             # Runs on cancellation too (client gone), so a cut stream is still counted for settling.
             self._account_stream(tally)
-        if (
-            failure is None
-            and not tally.done
-            and tally.upstream_error is None
-            and not _all_finished(tally, job.payload)
-        ):
+        self._upstream_complete = tally.done or _all_finished(tally, job.payload)
+        if failure is None and not self._upstream_complete and tally.upstream_error is None:
             failure = UpstreamUnavailable(f"The stream from worker {attempt.worker.url} ended before it was complete.")
         if tally.upstream_error is not None and failure is None:
             record.outcome, record.error_type = "error", "UpstreamStreamError"
@@ -363,7 +361,9 @@ class Exchange(Response):
             if attempt is not None:
                 if attempt.response is not None:
                     await attempt.response.aclose()
-                if self._client_gone:
+                if not self._upstream_complete:
+                    # Dropped before the worker finished (client gone, stall, gateway error): SGLang would notice
+                    # the closed connection only seconds later, so tell it now.
                     await svc.upstream.abort(attempt.worker.url, attempt.rid)
                 svc.router.release(attempt.worker, _final_outcome(record.outcome))
             # Charge what the worker did: the prompt and the tokens generated. A request that failed before it

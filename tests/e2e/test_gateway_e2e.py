@@ -331,3 +331,17 @@ def test_worker_errors_and_timeouts_map_to_5xx(sims: Callable[..., Sim], gateway
     assert info.value.status_code == 504
     # A timed-out attempt may still be running on the worker: the gateway tells it to stop.
     assert wait_until(lambda: sim.stats()["aborted"] == 2, timeout=5)
+
+
+def test_a_stream_stalling_mid_way_ends_with_an_error_and_an_abort(
+    sims: Callable[..., Sim], gateways: Callable[..., Gateway]
+) -> None:
+    sim = sims(max_context=32_768, args=["--itl-ms", "3000"])
+    gw = gateways(_config(sim) | {"timeouts": {"read_s": 0.5}})
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 50, "ignore_eos": True, "stream": True}
+    resp = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY_ACME}"})
+    events = sse_events(resp.text)
+    assert resp.status_code == 200 and events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    assert json.loads(events[-2])["error"]["type"] == "server_error"
+    # The worker is still generating: the gateway tells it to stop rather than wait for it to notice.
+    assert wait_until(lambda: sim.stats()["aborted"] == 1, timeout=5)
