@@ -97,20 +97,26 @@ def median_ms(fn: Callable[[], object], slow: bool = False) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
+def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of one call of `fn`, after one eager call so compilation and autotuning stay outside it."""
+    fn()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        fn()
+        with torch.cuda.graph(graph, stream=stream):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph
+
+
 def op_ms(fn: Callable[[], object]) -> float:
     """Kernel time: replay of a CUDA graph of one call, as the serving engine runs decode (no Python launch cost).
     Falls back to eager timing for a callable that cannot be captured."""
-    fn()  # compile and autotune outside the capture
-    torch.cuda.synchronize()
     try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(stream):
-            fn()
-            with torch.cuda.graph(graph, stream=stream):
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
+        graph = capture_graph(fn)
     except RuntimeError as exc:
         print(f"  (not capturable, timed eagerly: {str(exc)[:80]})", flush=True)
         torch.cuda.synchronize()

@@ -19,6 +19,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.kernels import capture_graph
 from sparsegate.kernels.dsa import naive as twin
 from sparsegate.kernels.dsa import topk as topk_module
 from sparsegate.kernels.dsa._layout import MLA_ROW_BYTES
@@ -29,16 +30,7 @@ SM_SCALE = 256**-0.5
 
 
 def graph_ms(fn: Callable[[], object]) -> float:
-    fn()
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        fn()
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = capture_graph(fn)
     return float(triton.testing.do_bench(graph.replay, warmup=10, rep=50, return_mode="median"))
 
 
