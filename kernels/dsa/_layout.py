@@ -34,3 +34,11 @@ INDEX_SCALE_OFFSET = PAGE_SIZE * INDEX_DIM  # byte 8192
 INDEX_PAGE_BYTES = INDEX_SCALE_OFFSET + 4 * PAGE_SIZE  # 8448
 
 assert MLA_ROW_BYTES == 656 and INDEX_PAGE_BYTES == 8448
+
+
+def check_byte_rows(name: str, buffer: torch.Tensor, row_bytes: int, rows: str) -> None:
+    """The caches are raw byte tables: a contiguous uint8 [`rows`, `row_bytes`] tensor, or a ValueError saying so."""
+    if buffer.dtype != torch.uint8 or buffer.dim() != 2 or buffer.shape[1] != row_bytes or not buffer.is_contiguous():
+        raise ValueError(
+            f"{name} must be a contiguous uint8 [{rows}, {row_bytes}] tensor, got {buffer.dtype} {tuple(buffer.shape)}"
+        )

@@ -15,7 +15,14 @@ import triton.language as tl
 from torch import Tensor
 
 from sparsegate.kernels.dsa._configs import autotune_configs, make_pruner, require_fp8_capability
-from sparsegate.kernels.dsa._layout import FP8, INDEX_DIM, INDEX_PAGE_BYTES, INDEX_SCALE_OFFSET, PAGE_SIZE
+from sparsegate.kernels.dsa._layout import (
+    FP8,
+    INDEX_DIM,
+    INDEX_PAGE_BYTES,
+    INDEX_SCALE_OFFSET,
+    PAGE_SIZE,
+    check_byte_rows,
+)
 
 MAX_NEXT_N = 4  # MTP rows per request the paged kernel is sized for (shared memory estimate, q tile)
 
@@ -117,15 +124,7 @@ def paged_mqa_logits(
         raise ValueError(f"the indexer kernels take 32 or 64 index heads, got {heads}")
     if not 1 <= next_n <= MAX_NEXT_N:
         raise ValueError(f"next_n must be in 1..{MAX_NEXT_N}, got {next_n}; split larger MTP batches")
-    if (
-        pages.dtype != torch.uint8
-        or pages.dim() != 2
-        or pages.shape[1] != INDEX_PAGE_BYTES
-        or not pages.is_contiguous()
-    ):
-        raise ValueError(
-            f"pages must be a contiguous uint8 [P, {INDEX_PAGE_BYTES}] tensor, got {pages.dtype} {pages.shape}"
-        )
+    check_byte_rows("pages", pages, INDEX_PAGE_BYTES, "P")
     if weights.shape != (batch * next_n, heads) or weights.dtype != torch.float32:
         raise ValueError(f"weights must be float32 [B * next_n, H] = [{batch * next_n}, {heads}], got {weights.shape}")
     if context_lens.shape != (batch,) or context_lens.dtype != torch.int32:

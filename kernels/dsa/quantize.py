@@ -27,6 +27,7 @@ from sparsegate.kernels.dsa._layout import (
     PAGE_SIZE,
     QUANT_BLOCK,
     ROPE_DIM,
+    check_byte_rows,
 )
 
 QUANT_ROWS = 16  # rows per program in quantize_fp8_blocks
@@ -164,10 +165,7 @@ def write_mla_kv(cache: Tensor, latent: Tensor, rope: Tensor, slots: Tensor) -> 
 
     cache: uint8 [S, 656]; latent: bf16 [T, 512]; rope: bf16 [T, 64]; slots: int [T], negative = skip.
     """
-    if cache.dtype != torch.uint8 or cache.dim() != 2 or cache.shape[1] != MLA_ROW_BYTES or not cache.is_contiguous():
-        raise ValueError(
-            f"cache must be a contiguous uint8 [S, {MLA_ROW_BYTES}] tensor, got {cache.dtype} {cache.shape}"
-        )
+    check_byte_rows("cache", cache, MLA_ROW_BYTES, "S")
     tokens = latent.shape[0]
     if latent.shape != (tokens, LATENT_DIM) or rope.shape != (tokens, ROPE_DIM):
         raise ValueError(f"latent must be [T, {LATENT_DIM}] and rope [T, {ROPE_DIM}]; got {latent.shape}, {rope.shape}")
@@ -201,15 +199,7 @@ def write_index_k(pages: Tensor, k: Tensor, slots: Tensor) -> None:
 
     pages: uint8 [P, 8448]; k: bf16 [T, 128]; slots: int [T] with slot = page * 64 + offset, negative = skip.
     """
-    if (
-        pages.dtype != torch.uint8
-        or pages.dim() != 2
-        or pages.shape[1] != INDEX_PAGE_BYTES
-        or not pages.is_contiguous()
-    ):
-        raise ValueError(
-            f"pages must be a contiguous uint8 [P, {INDEX_PAGE_BYTES}] tensor, got {pages.dtype} {pages.shape}"
-        )
+    check_byte_rows("pages", pages, INDEX_PAGE_BYTES, "P")
     tokens = k.shape[0]
     if k.shape != (tokens, INDEX_DIM) or k.dtype != torch.bfloat16:
         raise ValueError(f"k must be bf16 [T, {INDEX_DIM}], got {k.dtype} {tuple(k.shape)}")

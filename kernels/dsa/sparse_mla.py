@@ -25,6 +25,7 @@ from sparsegate.kernels.dsa._layout import (
     QK_DIM,
     QUANT_BLOCK,
     ROPE_DIM,
+    check_byte_rows,
 )
 
 SPLIT_CHOICES = (1, 2, 4, 8, 16)  # index-list splits the autotuner may pick for few query rows
@@ -255,8 +256,7 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
     tokens, heads, _ = q.shape
     if not 1 <= heads <= 128:
         raise ValueError(f"sparse_mla takes 1..128 heads per call, got {heads}; split the heads across calls")
-    if kv.dtype != torch.uint8 or kv.dim() != 2 or kv.shape[1] != MLA_ROW_BYTES or not kv.is_contiguous():
-        raise ValueError(f"kv must be a contiguous uint8 [S, {MLA_ROW_BYTES}] cache, got {kv.dtype} {tuple(kv.shape)}")
+    check_byte_rows("kv", kv, MLA_ROW_BYTES, "S")
     if indices.dim() != 2 or indices.shape[0] != tokens or indices.dtype != torch.int32:
         raise ValueError(f"indices must be int32 [T, topk] with T = {tokens}, got {indices.dtype} {indices.shape}")
     if q.stride(2) != 1:
