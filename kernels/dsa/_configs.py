@@ -15,9 +15,10 @@ per program and per loop step, so it wants large tiles, and benchmarking configs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -45,17 +46,55 @@ def multiprocessor_count(index: int) -> int:
     return int(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
+_ASSUMED: list[Capability] = []
+
+
+@contextlib.contextmanager
+def assume_capability(capability: Capability) -> Iterator[None]:
+    """Select configs as a device of `capability` would, on the GPU at hand: benchmarks run the configs Ada
+    (sm_89) may select on a Hopper card this way. Every autotune key holds the capability, so configs chosen
+    under one never answer for the other."""
+    _ASSUMED.append(capability)
+    try:
+        yield
+    finally:
+        _ASSUMED.pop()
+
+
 def tensor_capability(tensor: torch.Tensor) -> Capability | None:
-    """The capability of the tensor's CUDA device, or None for the interpreter's CPU tensors."""
+    """The capability of the tensor's CUDA device (or the one assumed), None for the interpreter's CPU tensors."""
     if tensor.device.type != "cuda":
         return None
+    if _ASSUMED:
+        return _ASSUMED[-1]
     return device_capability(tensor.device.index if tensor.device.index is not None else torch.cuda.current_device())
+
+
+def capability_key(tensor: torch.Tensor) -> int:
+    """major * 10 + minor, 0 for the interpreter: an autotune key argument."""
+    cap = tensor_capability(tensor)
+    return 0 if cap is None else cap[0] * 10 + cap[1]
 
 
 def sm_count(tensor: torch.Tensor) -> int:
     if tensor.device.type != "cuda":
         return 4  # the interpreter: any small number keeps split heuristics exercised
     return multiprocessor_count(tensor.device.index if tensor.device.index is not None else torch.cuda.current_device())
+
+
+_PERSISTENT: dict[tuple[str, str, int | None], torch.Tensor] = {}
+
+
+def persistent_zeros(device: torch.device, name: str, size: int) -> torch.Tensor:
+    """A zeroed int32 buffer of at least `size` that lives as long as the process, one per (name, device). The
+    kernels that use one put every element they touched back to zero before they finish, so no launch clears
+    it and a captured graph holds no memset. Calls that share a buffer must not run at once on two streams."""
+    key = (name, device.type, device.index)
+    buffer = _PERSISTENT.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = torch.zeros(max(size, 4096), dtype=torch.int32, device=device)
+        _PERSISTENT[key] = buffer
+    return buffer
 
 
 def require_fp8_capability(tensor: torch.Tensor, op: str) -> None:
@@ -107,6 +146,11 @@ def make_pruner(
     return prune
 
 
-def autotune_configs(candidates: Sequence[triton.Config], interpreter_config: triton.Config) -> list[triton.Config]:
-    """The list handed to `triton.autotune`: the candidates, or the interpreter's one config."""
-    return [interpreter_config] if interpreting() else list(candidates)
+def autotune_configs(
+    candidates: Sequence[triton.Config], interpreter_config: triton.Config | Sequence[triton.Config]
+) -> list[triton.Config]:
+    """The list handed to `triton.autotune`: the candidates, or the interpreter's config(s). With more than one
+    interpreter config the kernel's pruner picks among them (Triton skips pruning for a one-config list)."""
+    if not interpreting():
+        return list(candidates)
+    return [interpreter_config] if isinstance(interpreter_config, triton.Config) else list(interpreter_config)

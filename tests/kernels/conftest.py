@@ -5,6 +5,8 @@ is visible, then repairs two interpreter defects (../shared/DSA.md §5) in the i
 tolerances:
 
 - a `tl.dot` with a bfloat16 operand multiplies the raw 16-bit patterns: the patched dot decodes bf16 to float32;
+  bf16 elementwise `+`, `-`, `*` do the same to the patterns: the patched ones compute in float32 and round back to
+  bf16 (nearest even), as the GPU's bf16 instructions do;
 - float32 -> float8 e4m3 conversion rounds ~2 % of values wrongly (a carry out of the mantissa is OR-ed into the
   exponent instead of added, and ties round up): the patched conversion uses torch's round-to-nearest-even, clamped
   to +-448 as the GPU's `cvt.rn.satfinite` does.
@@ -46,6 +48,16 @@ def _install_interpreter_workarounds() -> None:
     def create_dot(self: Any, a: Any, b: Any, d: Any, *args: Any) -> Any:
         return original_dot(self, as_float32(a), as_float32(b), d, *args)
 
+    def bf16_arithmetic(original: Any) -> Any:
+        def create(self: Any, lhs: Any, rhs: Any) -> Any:
+            if lhs.dtype.scalar != tl.bfloat16:
+                return original(self, lhs, rhs)
+            result = original(self, as_float32(lhs), as_float32(rhs)).data.astype(np.float32)
+            bits = torch.from_numpy(np.ascontiguousarray(result)).to(torch.bfloat16).view(torch.int16).numpy()
+            return interpreter.TensorHandle(bits.view(np.uint16), tl.bfloat16)
+
+        return create
+
     def convert_float(data: Any, input_dtype: Any, output_dtype: Any, rounding_mode: Any) -> Any:
         if input_dtype == tl.float32 and output_dtype == tl.float8e4nv:
             values = torch.from_numpy(np.ascontiguousarray(data).view(np.float32).copy()).clamp(-448.0, 448.0)
@@ -53,6 +65,8 @@ def _install_interpreter_workarounds() -> None:
         return original_convert(data, input_dtype, output_dtype, rounding_mode)
 
     builder.create_dot = create_dot
+    for name in ("create_fadd", "create_fsub", "create_fmul"):
+        setattr(builder, name, bf16_arithmetic(getattr(builder, name)))
     interpreter._convert_float = convert_float
     builder._sparsegate_patched = True
 

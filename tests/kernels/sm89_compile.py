@@ -39,7 +39,8 @@ class Spec:
         knobs = ",".join(
             f"{k}={v}"
             for k, v in self.constexprs.items()
-            if k.isupper() and k.startswith(("BLOCK", "TILES", "H", "NEXT", "PARTIAL", "MAX", "BITS"))
+            if k.isupper()
+            and k.startswith(("BLOCK", "TILES", "H", "NEXT", "PARTIAL", "ROW_BLOCK", "LONG", "CHUNK", "CANDIDATES"))
         )
         return f"{self.kernel}[{knobs},w{self.num_warps},s{self.num_stages}]"
 
@@ -56,10 +57,10 @@ def specs() -> list[Spec]:
         MLA_ROW_BYTES,
         MLA_SCALE_OFFSET,
     )
-    from sparsegate.kernels.dsa.topk import RADIX_BITS, ROW_RADIX_BITS, STATE, TOPK_BLOCK, topk_warps
 
     indexer = importlib.import_module("sparsegate.kernels.dsa.indexer")
     sparse_mla = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")  # the package re-exports the function
+    topk = importlib.import_module("sparsegate.kernels.dsa.topk")
     ada = (8, 9)
     mla_row = {"ROW_BYTES": MLA_ROW_BYTES, "SCALE_OFFSET": MLA_SCALE_OFFSET, "ROPE_OFFSET": MLA_ROPE_OFFSET}
     index_page = {"PAGE_BYTES": INDEX_PAGE_BYTES, "SCALE_OFFSET": INDEX_SCALE_OFFSET, "PAGE": 64, "DIM": 128}
@@ -129,17 +130,31 @@ def specs() -> list[Spec]:
         "logits_ptr": "*fp32",
         "lengths_ptr": "*i32",
         "out_ptr": "*i32",
-        "state_ptr": "*i32",
-        "hist_ptr": "*i32",
+        "found_ptr": "*i32",
+        "cand_key_ptr": "*i32",
+        "cand_pos_ptr": "*i32",
     }
-    radix = {"BLOCK": TOPK_BLOCK, "BITS": RADIX_BITS}
-    split = {"CHUNK": 2 * TOPK_BLOCK, "STATE": STATE}
+    sizes = {"K": 2048, "CANDIDATES": topk.CANDIDATES, "SAMPLE": topk.SAMPLE, "SIGMAS": topk.SAMPLE_SIGMAS}
+    warps = topk.topk_warps(ada)
     out += [
-        Spec("_topk_row_kernel", "topk", logits_types, {"K": 2048, **radix, "BITS": ROW_RADIX_BITS}, topk_warps(ada)),
-        Spec("_topk_init_kernel", "topk", logits_types, {"K": 2048, "BINS": 1 << RADIX_BITS, "STATE": STATE}),
-        Spec("_topk_hist_kernel", "topk", logits_types, {**radix, **split}, topk_warps(ada)),
-        Spec("_topk_select_kernel", "topk", logits_types, {"BITS": RADIX_BITS, "STATE": STATE}),
-        Spec("_topk_collect_kernel", "topk", logits_types, {"K": 2048, "BLOCK": TOPK_BLOCK, **split}, topk_warps(ada)),
+        *(
+            Spec(
+                "_topk_row_kernel",
+                "topk",
+                logits_types,
+                {**sizes, "ROW_BLOCK": topk.ROW_BLOCK, "LONG": long, "STREAM": topk.STREAM},
+                topk.row_warps(ada),
+            )
+            for long in (False, True)
+        ),
+        Spec("_topk_compact_kernel", "topk", logits_types, {**sizes, "CHUNK": topk.CHUNK}, warps),
+        Spec(
+            "_topk_select_kernel",
+            "topk",
+            logits_types,
+            {"K": 2048, "CANDIDATES": topk.CANDIDATES, "BLOCK": topk.ROW_BLOCK},
+            warps,
+        ),
     ]
     out.append(
         Spec(
@@ -155,7 +170,11 @@ def specs() -> list[Spec]:
         "row_f32_ptr": "*fp32",
         "row_bf16_ptr": "*bf16",
         "idx_ptr": "*i32",
+        "out_ptr": "*bf16",
         "lse_ptr": "*fp32",
+        "part_ptr": "*fp32",
+        "part_lse_ptr": "*fp32",
+        "arrivals_ptr": "*i32",
         "qk_scale": "fp32",
     }
     mla = allowed_configs(
@@ -165,23 +184,16 @@ def specs() -> list[Spec]:
         for partial in (False, True):
             shape = {
                 "PARTIAL": partial,
+                "MAX_SPLITS": sparse_mla.MAX_SPLITS,
                 **mla_row,
-                "TILE": 128,
+                "LATENT": 512,
+                "TILES": 4,
                 "ROPE": 64,
                 **cfg.kwargs,
             }
-            types = {**mla_types, "out_ptr": "*fp32" if partial else "*bf16"}
             out.append(
-                Spec("_sparse_mla_kernel", "sparse_mla", types, shape, cfg.num_warps, cfg.num_stages, [BF16_MMA])
+                Spec("_sparse_mla_kernel", "sparse_mla", mla_types, shape, cfg.num_warps, cfg.num_stages, [BF16_MMA])
             )
-    out.append(
-        Spec(
-            "_merge_splits_kernel",
-            "sparse_mla",
-            {"part_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"},
-            {"MAX_SPLITS": 16, "DV": 512},
-        )
-    )
     return out
 
 

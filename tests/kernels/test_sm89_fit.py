@@ -24,13 +24,10 @@ KERNELS = {
     "_paged_mqa_logits_kernel",
     "_ragged_mqa_logits_kernel",
     "_topk_row_kernel",
-    "_topk_init_kernel",
-    "_topk_hist_kernel",
+    "_topk_compact_kernel",
     "_topk_select_kernel",
-    "_topk_collect_kernel",
     "_slots_kernel",
     "_sparse_mla_kernel",
-    "_merge_splits_kernel",
 }
 
 
