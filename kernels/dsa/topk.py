@@ -1,14 +1,17 @@
-"""Top-k of each logits row by radix select, and the positions -> physical slots transform.
+"""Top-k of each logits row by threshold estimation and compaction, and the positions -> physical slots transform.
 
-Top-k never sorts. Each float is mapped to a uint32 key whose unsigned order is the float order. Passes over the row
-build histograms of one key digit each (most significant first), restricted to the keys that match the digits chosen
-so far; each pass finds the digit holding the k-th largest key, and the search stops early once that digit's whole
-bin is taken. A last pass writes every key above the threshold and enough keys equal to it. No shared-memory buffer
-scales with the row, which keeps it inside Ada's 99 KiB (sgl-kernel's CUDA top-k asks for 128 KB).
+Top-k never sorts. Each float maps to an int32 key whose signed order is the float order. A strided sample of the
+row gives a threshold that, with a margin of four standard deviations, lies below the k-th largest key; one pass
+over the row compacts the keys at or above it (a few thousand of a 128K row) into a small buffer, and a bisection
+on the key value over those candidates, held in registers, finds the exact k-th largest key. The result is exact
+whenever the candidates number between k and CANDIDATES: that count is checked on the device, and a row that
+misses it (a sample far off, or heavy ties) is solved by bisection over the whole row instead, slower and still
+exact. No buffer scales with the row, so shared memory stays far inside Ada's 99 KiB.
 
-Two paths, chosen by shape: with at least one row per multiprocessor (prefill) one program walks a whole row with
-5-bit digits; with fewer rows (decode) each row is split over chunks of programs that add 8-bit histograms into
-global memory, one launch per digit, with the search state kept on the device (CUDA-graph safe either way).
+Two launch shapes, chosen by row count: with at least one row per multiprocessor (prefill) one program solves a
+row, holding rows of up to ROW_BLOCK logits in registers outright; fewer rows (decode) spread each row's compaction
+over chunks of programs that reserve buffer places with an atomic counter, and a second launch selects. Lengths
+are read on the device, grids depend on shapes only: CUDA-graph safe.
 """
 
 from __future__ import annotations
@@ -18,84 +21,118 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsegate.kernels.dsa._configs import interpreting, sm_count, tensor_capability
+from sparsegate.kernels.dsa._configs import persistent_zeros, sm_count, tensor_capability
 from sparsegate.kernels.dsa._layout import PAGE_SIZE
 
-TOPK_BLOCK = 4096  # logits per loop step
-RADIX_BITS = 8  # digit width of the split path: 4 launches of histograms
-ROW_RADIX_BITS = 5  # one program per row: 32-bin histograms cost ~8x less per key; 7 passes still win by ~13%
-
-
-def radix_shifts(bits: int) -> list[int]:
-    """Where each digit starts, most significant first; the last one may overlap chosen bits to end at bit 0."""
-    return [max(shift, 0) for shift in range(32 - bits, -bits, -bits)]
+CANDIDATES = 8192  # compacted keys per row the select step holds in registers
+SAMPLE = 4096  # evenly spaced logits per row that set the threshold
+SAMPLE_SIGMAS = 4.0  # margin of the threshold's rank, in binomial standard deviations
+ROW_BLOCK = 8192  # the one-program-per-row path keeps rows up to this long in registers
+CHUNK = 8192  # logits per program when a row is split (decode)
+STREAM = 2048  # logits a step where the row kernel streams a long row (8192 spills on sm_89)
+KEY_MIN = -2147483647  # below every key of a non-NaN float; -2**31 marks "no key"
 
 
 def topk_warps(capability: tuple[int, int] | None) -> int:
-    """16 warps keep enough loads in flight for one row per SM on both Ada and Hopper."""
+    """16 warps keep enough loads in flight for a split row; the interpreter wants few."""
     return 4 if capability is None else 16
+
+
+def row_warps(capability: tuple[int, int] | None) -> int:
+    """8 warps for one program per row: 16 would cap registers at 128 a thread, and the register-resident row
+    (ROW_BLOCK keys) then spills."""
+    return 4 if capability is None else 8
 
 
 @triton.jit
 def _ordered_key(x):
-    # float32 -> uint32 whose unsigned order is the float order: flip all bits of negatives, the sign of the rest.
-    bits = x.to(tl.uint32, bitcast=True)
-    negative = (bits >> 31) != 0
-    return tl.where(negative, ~bits, bits | 0x80000000)
+    # float32 -> int32 whose signed order is the float order: negative floats get their magnitude bits flipped.
+    bits = x.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 @triton.jit
-def _digit_histogram(row, lo, hi, prefix, known, shift, BLOCK: tl.constexpr, BINS: tl.constexpr):
-    # Histogram of key byte `shift` over positions [lo, hi) whose higher bytes equal `prefix` (under mask `known`).
+def _kth_key(key, k, slack):
+    # The largest t with at least k keys >= t (the k-th largest key), by bisection on the key value; stops early
+    # once k..k+slack keys are >= t. Keys of -2**31 never count. Needs at least k counted keys.
+    lo = tl.full((), -2147483647, tl.int64)
+    hi = tl.full((), 2147483647, tl.int64)
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2
+        count = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), axis=0)
+        enough = count >= k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, tl.where(count <= k + slack, mid, hi), mid - 1)
+    return lo.to(tl.int32)
+
+
+@triton.jit
+def _write_top(out, key, pos, threshold, k):
+    # Every key above the threshold and the first tied ones up to k, at places 0..k-1 of `out`.
+    above = key > threshold
+    tied = key == threshold
+    need = k - tl.sum(above.to(tl.int32), axis=0)
+    chosen = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= need))
+    place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+    tl.store(out + place, pos, mask=chosen)
+
+
+@triton.jit
+def _sample_threshold(row, length, K: tl.constexpr, SAMPLE: tl.constexpr, SIGMAS: tl.constexpr):
+    # A key that at least K of the row's keys reach with high probability, and not many more: the rank
+    # K * SAMPLE / length (plus SIGMAS standard deviations) of an evenly spaced sample.
+    s = tl.arange(0, SAMPLE)
+    key = _ordered_key(tl.load(row + (s.to(tl.int64) * length) // SAMPLE))  # [SAMPLE]
+    expected = K * SAMPLE / length.to(tl.float32)
+    margin = SIGMAS * tl.sqrt(expected)
+    want = tl.minimum(tl.ceil(expected + margin).to(tl.int32) + 1, SAMPLE)
+    return _kth_key(key, want, (margin * 0.5).to(tl.int32))
+
+
+@triton.jit
+def _select_whole_row(row, out, length, K: tl.constexpr, BLOCK: tl.constexpr):
+    # The exact top-k of a row of any length, streamed from memory: bisection with one counting pass per step,
+    # then a writing pass. Slow (up to 32 passes) and only for rows the candidate path could not solve.
     offs = tl.arange(0, BLOCK)
-    bins = tl.arange(0, BINS)
-    hist = tl.zeros((BINS,), dtype=tl.int32)
-    dropped = 0
-    for start in range(lo, hi, BLOCK):
-        i = start + offs  # [BLOCK]
-        ok = i < hi
-        key = _ordered_key(tl.load(row + i, mask=ok, other=0.0))
-        match = ok & ((key & known) == prefix)
-        digit = tl.where(match, (key >> shift) & (BINS - 1), 0).to(tl.int32)
-        hist += tl.histogram(digit, BINS)
-        dropped += tl.sum((~match).to(tl.int32), axis=0)
-    return hist - tl.where(bins == 0, dropped, 0)  # non-matching keys were counted in bin 0
-
-
-@triton.jit
-def _choose_digit(hist, need, BINS: tl.constexpr):
-    # The digit whose bin holds the need-th largest key; how many keys lie above that bin; how many in it.
-    bins = tl.arange(0, BINS)
-    at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # [BINS] keys with digit >= bin
-    chosen = tl.max(tl.where(at_or_above >= need, bins, -1), axis=0)
-    above = tl.sum(tl.where(bins > chosen, hist, 0), axis=0)
-    in_bin = tl.sum(tl.where(bins == chosen, hist, 0), axis=0)
-    return chosen, above, in_bin
-
-
-@triton.jit
-def _write_selection(
-    row, out, lo, hi, prefix, known, first_tied, need, above_base, tied_base, BLOCK: tl.constexpr, WRITE: tl.constexpr
-):
-    # Over [lo, hi): keys above the threshold go to out[above_base + rank], the first `need` tied ones after
-    # first_tied. Returns how many of each this range held; with WRITE false it only counts.
-    offs = tl.arange(0, BLOCK)
+    lo = tl.full((), -2147483647, tl.int64)
+    hi = tl.full((), 2147483647, tl.int64)
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2
+        count = 0
+        for start in range(0, length, BLOCK):
+            i = start + offs
+            key = _ordered_key(tl.load(row + i, mask=i < length, other=float("-inf")))
+            count += tl.sum(((key >= mid.to(tl.int32)) & (i < length)).to(tl.int32), axis=0)
+        enough = count >= K
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, tl.where(count == K, mid, hi), mid - 1)
+    threshold = lo.to(tl.int32)
     n_above = 0
-    n_tied = 0
-    for start in range(lo, hi, BLOCK):
+    for start in range(0, length, BLOCK):
         i = start + offs
-        ok = i < hi
-        key = _ordered_key(tl.load(row + i, mask=ok, other=0.0)) & known
-        above = ok & (key > prefix)
-        tied = ok & (key == prefix)
-        above_rank = above_base + n_above + tl.cumsum(above.to(tl.int32), axis=0) - 1
-        tied_rank = tied_base + n_tied + tl.cumsum(tied.to(tl.int32), axis=0) - 1
-        if WRITE:
-            tl.store(out + above_rank, i, mask=above)
-            tl.store(out + (tied_rank + first_tied), i, mask=tied & (tied_rank < need))
-        n_above += tl.sum(above.to(tl.int32), axis=0)
-        n_tied += tl.sum(tied.to(tl.int32), axis=0)
-    return n_above, n_tied
+        key = _ordered_key(tl.load(row + i, mask=i < length, other=float("-inf")))
+        n_above += tl.sum(((key > threshold) & (i < length)).to(tl.int32), axis=0)
+    need = K - n_above
+    taken_above = 0
+    taken_tied = 0
+    for start in range(0, length, BLOCK):
+        i = start + offs
+        ok = i < length
+        key = _ordered_key(tl.load(row + i, mask=ok, other=float("-inf")))
+        above = ok & (key > threshold)
+        tied = ok & (key == threshold)
+        tie_rank = taken_tied + tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based
+        chosen = above | (tied & (tie_rank <= need))
+        place = taken_above + tl.minimum(taken_tied, need) + tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+        tl.store(out + place, i, mask=chosen)
+        taken_above += tl.sum(above.to(tl.int32), axis=0)
+        taken_tied += tl.sum(tied.to(tl.int32), axis=0)
+
+
+@triton.jit
+def _write_prefix(out, length, K: tl.constexpr):
+    kk = tl.arange(0, K)
+    tl.store(out + kk, tl.where(kk < length, kk, -1))
 
 
 @triton.jit
@@ -103,137 +140,124 @@ def _topk_row_kernel(
     logits_ptr,  # [R, N] f32
     lengths_ptr,  # [R] int32
     out_ptr,  # [R, K] int32
+    cand_key_ptr,  # [programs, CANDIDATES] int32 scratch (rows longer than ROW_BLOCK only)
+    cand_pos_ptr,  # [programs, CANDIDATES] int32 scratch
+    R,
     N,
     stride_row,
     K: tl.constexpr,
-    BLOCK: tl.constexpr,
-    BITS: tl.constexpr,
+    ROW_BLOCK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    SIGMAS: tl.constexpr,
+    LONG: tl.constexpr,  # rows may be longer than ROW_BLOCK: compact candidates instead of holding the row
+    STREAM: tl.constexpr,  # logits a step when streaming a long row
 ):
-    # One program per row: for many rows (prefill), where rows alone fill the GPU.
-    BINS: tl.constexpr = 1 << BITS
-    r = tl.program_id(0)
-    length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
-    row = logits_ptr + r.to(tl.int64) * stride_row
-    out = out_ptr + r.to(tl.int64) * K
-    kk = tl.arange(0, K)
-    if length <= K:  # a short row keeps every visible position
-        tl.store(out + kk, tl.where(kk < length, kk, -1))
-    else:
-        prefix = tl.zeros((), dtype=tl.uint32)  # chosen key bytes, in place
-        known = tl.zeros((), dtype=tl.uint32)  # mask of the chosen bytes
-        need = K  # how many of the keys matching `prefix` still belong to the top-k
-        shift = 32
-        while shift > 0:
-            shift = tl.maximum(shift - BITS, 0)  # the last digit may overlap bytes already chosen: harmless
-            hist = _digit_histogram(row, 0, length, prefix, known, shift, BLOCK, BINS)
-            chosen, above, in_bin = _choose_digit(hist, need, BINS)
-            need -= above
-            prefix = prefix | (chosen.to(tl.uint32) << shift)
-            known = known | (tl.full((), BINS - 1, tl.uint32) << shift)
-            if in_bin == need:
-                shift = 0  # the whole bin is taken: no need to resolve lower bytes
-        _write_selection(row, out, 0, length, prefix, known, K - need, need, 0, 0, BLOCK, True)
-
-
-# The split path keeps each row's search state in global memory between launches: [prefix, known, need, done,
-# keys written above, keys written tied, -, -] as int32.
-STATE = 8
+    # One program per row (persistent over rows when rows are long): for many rows (prefill). The two row
+    # strategies are separate specializations: compiled together they spill on sm_89.
+    pid = tl.program_id(0)
+    cand_key = cand_key_ptr + pid.to(tl.int64) * CANDIDATES
+    cand_pos = cand_pos_ptr + pid.to(tl.int64) * CANDIDATES
+    for r in range(pid, R, tl.num_programs(0)):
+        r64 = tl.zeros((), dtype=tl.int64) + r  # the loop index is a plain int in the interpreter
+        length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
+        row = logits_ptr + r64 * stride_row
+        out = out_ptr + r64 * K
+        if length <= K:  # a short row keeps every visible position
+            _write_prefix(out, length, K)
+        elif not LONG:  # the whole row fits in registers
+            i = tl.arange(0, ROW_BLOCK)
+            key = tl.where(i < length, _ordered_key(tl.load(row + i, mask=i < length, other=0.0)), -2147483648)
+            _write_top(out, key, i, _kth_key(key, K, 0), K)
+        else:
+            if length <= CANDIDATES:  # noqa: SIM108 (a run-time condition: Triton has no run-time ternary)
+                threshold = -2147483647  # every key is a candidate
+            else:
+                threshold = _sample_threshold(row, length, K, SAMPLE, SIGMAS)
+            found = 0
+            offs = tl.arange(0, STREAM)
+            for start in range(0, length, STREAM):
+                i = start + offs
+                key = _ordered_key(tl.load(row + i, mask=i < length, other=0.0))
+                keep = (i < length) & (key >= threshold)
+                place = found + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+                tl.store(cand_key + place, key, mask=keep & (place < CANDIDATES))
+                tl.store(cand_pos + place, i, mask=keep & (place < CANDIDATES))
+                found += tl.sum(keep.to(tl.int32), axis=0)
+            if (found >= K) & (found <= CANDIDATES):
+                j = tl.arange(0, CANDIDATES)
+                key = tl.load(cand_key + j, mask=j < found, other=-2147483648)
+                threshold = _kth_key(key, K, 0)
+                _write_top(out, key, tl.load(cand_pos + j, mask=j < found, other=0), threshold, K)
+            else:
+                _select_whole_row(row, out, length, K, STREAM)
 
 
 @triton.jit
-def _topk_init_kernel(lengths_ptr, state_ptr, hist_ptr, N, K: tl.constexpr, BINS: tl.constexpr, STATE: tl.constexpr):
-    r = tl.program_id(0)
-    length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
-    fields = tl.arange(0, STATE)
-    init = tl.where(fields == 2, K, 0)
-    init = tl.where(fields == 3, (length <= K).to(tl.int32), init)
-    tl.store(state_ptr + r * STATE + fields, init)
-    tl.store(hist_ptr + r * BINS + tl.arange(0, BINS), tl.zeros((BINS,), dtype=tl.int32))
-
-
-@triton.jit
-def _topk_hist_kernel(
+def _topk_compact_kernel(
     logits_ptr,  # [R, N] f32
     lengths_ptr,  # [R] int32
-    state_ptr,  # [R, STATE] int32
-    hist_ptr,  # [R, BINS] int32, zero on entry
+    found_ptr,  # [R] int32, zero on entry: candidates of each row
+    cand_key_ptr,  # [R, CANDIDATES] int32
+    cand_pos_ptr,  # [R, CANDIDATES] int32
     N,
     stride_row,
-    shift,
+    K: tl.constexpr,
     CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-    BITS: tl.constexpr,
-    STATE: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    SIGMAS: tl.constexpr,
 ):
-    # Programs (row, chunk): each adds its chunk's histogram of one key byte into the row's.
-    BINS: tl.constexpr = 1 << BITS
+    # Programs (row, chunk): the chunk's keys at or above the row's threshold, appended to the row's candidates.
     r = tl.program_id(0)
     lo = tl.program_id(1) * CHUNK
-    state = state_ptr + r * STATE
     length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
-    if (tl.load(state + 3) == 0) & (lo < length):
+    if (length > K) & (lo < length):
         row = logits_ptr + r.to(tl.int64) * stride_row
-        prefix = tl.load(state).to(tl.uint32, bitcast=True)
-        known = tl.load(state + 1).to(tl.uint32, bitcast=True)
-        hist = _digit_histogram(row, lo, tl.minimum(lo + CHUNK, length), prefix, known, shift, BLOCK, BINS)
-        tl.atomic_add(hist_ptr + r * BINS + tl.arange(0, BINS), hist)
+        i = lo + tl.arange(0, CHUNK)  # [CHUNK]
+        ok = i < length
+        key = _ordered_key(tl.load(row + i, mask=ok, other=0.0))  # issued before the threshold work below
+        if length <= CANDIDATES:  # noqa: SIM108 (a run-time condition: Triton has no run-time ternary)
+            threshold = -2147483647  # every key is a candidate
+        else:  # every chunk of the row computes the same threshold from the same sample
+            threshold = _sample_threshold(row, length, K, SAMPLE, SIGMAS)
+        keep = ok & (key >= threshold)
+        base = tl.atomic_add(found_ptr + r, tl.sum(keep.to(tl.int32), axis=0))
+        place = base + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+        fits = keep & (place < CANDIDATES)
+        tl.store(cand_key_ptr + r.to(tl.int64) * CANDIDATES + place, key, mask=fits)
+        tl.store(cand_pos_ptr + r.to(tl.int64) * CANDIDATES + place, i, mask=fits)
 
 
 @triton.jit
-def _topk_select_kernel(state_ptr, hist_ptr, shift, BITS: tl.constexpr, STATE: tl.constexpr):
-    # One program per row: pick this byte of the threshold from the summed histogram; clear it for the next byte.
-    BINS: tl.constexpr = 1 << BITS
-    r = tl.program_id(0)
-    state = state_ptr + r * STATE
-    if tl.load(state + 3) == 0:
-        bins = hist_ptr + r * BINS + tl.arange(0, BINS)
-        need = tl.load(state + 2)
-        chosen, above, in_bin = _choose_digit(tl.load(bins), need, BINS)
-        need -= above
-        prefix = tl.load(state).to(tl.uint32, bitcast=True) | (chosen.to(tl.uint32) << shift)
-        known = tl.load(state + 1).to(tl.uint32, bitcast=True) | (tl.full((), BINS - 1, tl.uint32) << shift)
-        tl.store(state, prefix.to(tl.int32, bitcast=True))
-        tl.store(state + 1, known.to(tl.int32, bitcast=True))
-        tl.store(state + 2, need)
-        tl.store(state + 3, ((in_bin == need) | (shift == 0)).to(tl.int32))
-        tl.store(bins, tl.zeros((BINS,), dtype=tl.int32))
-
-
-@triton.jit
-def _topk_collect_kernel(
+def _topk_select_kernel(
     logits_ptr,  # [R, N] f32
     lengths_ptr,  # [R] int32
-    state_ptr,  # [R, STATE] int32
+    found_ptr,  # [R] int32: reset to zero here for the next call
+    cand_key_ptr,  # [R, CANDIDATES] int32
+    cand_pos_ptr,  # [R, CANDIDATES] int32
     out_ptr,  # [R, K] int32
     N,
     stride_row,
     K: tl.constexpr,
-    CHUNK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
     BLOCK: tl.constexpr,
-    STATE: tl.constexpr,
 ):
-    # Programs (row, chunk) write their chunk's selected positions at places reserved with atomics, so which tied
-    # keys are kept may vary between runs; the selected values do not.
     r = tl.program_id(0)
-    lo = tl.program_id(1) * CHUNK
-    state = state_ptr + r * STATE
-    out = out_ptr + r.to(tl.int64) * K
     length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
-    offs = tl.arange(0, BLOCK)
-    if length <= K:  # a short row keeps every visible position; the chunks tile the K output places
-        for start in range(lo, tl.minimum(lo + CHUNK, K), BLOCK):
-            j = start + offs
-            tl.store(out + j, tl.where(j < length, j, -1), mask=j < K)
-    elif lo < length:
-        row = logits_ptr + r.to(tl.int64) * stride_row
-        prefix = tl.load(state).to(tl.uint32, bitcast=True)
-        known = tl.load(state + 1).to(tl.uint32, bitcast=True)
-        need = tl.load(state + 2)
-        hi = tl.minimum(lo + CHUNK, length)
-        counted_above, counted_tied = _write_selection(row, out, lo, hi, prefix, known, 0, 0, 0, 0, BLOCK, False)
-        above_base = tl.atomic_add(state + 4, counted_above)
-        tied_base = tl.atomic_add(state + 5, counted_tied)
-        _write_selection(row, out, lo, hi, prefix, known, K - need, need, above_base, tied_base, BLOCK, True)
+    out = out_ptr + r.to(tl.int64) * K
+    found = tl.load(found_ptr + r)
+    tl.store(found_ptr + r, 0)
+    if length <= K:
+        _write_prefix(out, length, K)
+    elif (found >= K) & (found <= CANDIDATES):
+        j = tl.arange(0, CANDIDATES)
+        key = tl.load(cand_key_ptr + r.to(tl.int64) * CANDIDATES + j, mask=j < found, other=-2147483648)
+        threshold = _kth_key(key, K, 0)
+        pos = tl.load(cand_pos_ptr + r.to(tl.int64) * CANDIDATES + j, mask=j < found, other=0)
+        _write_top(out, key, pos, threshold, K)
+    else:
+        _select_whole_row(logits_ptr + r.to(tl.int64) * stride_row, out, length, K, BLOCK)
 
 
 def topk_indices(logits: Tensor, lengths: Tensor, k: int = 2048) -> Tensor:
@@ -242,52 +266,48 @@ def topk_indices(logits: Tensor, lengths: Tensor, k: int = 2048) -> Tensor:
     logits: f32 [R, N]; lengths: int32 [R]. A row with lengths[r] <= k gets 0 .. len-1. Order inside a row is
     unspecified and ties may resolve either way. Lengths are read on the device: CUDA-graph safe.
 
-    Many rows (prefill) run one program per row. Fewer rows than multiprocessors (decode) split each row over
-    chunks of SPLIT_CHUNK logits, one launch per key byte, with the search state kept on the device.
+    Many rows (prefill) run one program per row. Fewer rows than multiprocessors (decode) split each row's
+    compaction over chunks of CHUNK logits, then select in a second launch.
     """
     if logits.dim() != 2 or logits.dtype != torch.float32:
         raise ValueError(f"logits must be float32 [R, N], got {logits.dtype} {tuple(logits.shape)}")
     rows, width = logits.shape
     if lengths.shape != (rows,) or lengths.dtype != torch.int32:
         raise ValueError(f"lengths must be int32 [R] = [{rows}], got {lengths.dtype} {tuple(lengths.shape)}")
-    if k < 16 or k & (k - 1):
-        raise ValueError(f"k must be a power of two >= 16 (DSA uses 2048), got {k}")
+    if k < 16 or k & (k - 1) or k > CANDIDATES // 2:
+        raise ValueError(f"k must be a power of two in 16..{CANDIDATES // 2} (DSA uses 2048), got {k}")
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     lengths = lengths.contiguous()
     out = torch.empty(rows, k, dtype=torch.int32, device=logits.device)
     if rows == 0:
         return out
-    warps = topk_warps(tensor_capability(logits))
-    block = 1024 if interpreting() else TOPK_BLOCK
-    if rows >= sm_count(logits):
-        _topk_row_kernel[(rows,)](
-            logits, lengths, out, width, logits.stride(0), K=k, BLOCK=block, BITS=ROW_RADIX_BITS, num_warps=warps
-        )
-        return out
-    chunk = 2 * block
-    chunks = triton.cdiv(max(width, k), chunk)
-    state = torch.empty(rows, STATE, dtype=torch.int32, device=logits.device)
-    hist = torch.empty(rows, 1 << RADIX_BITS, dtype=torch.int32, device=logits.device)
-    _topk_init_kernel[(rows,)](lengths, state, hist, width, K=k, BINS=1 << RADIX_BITS, STATE=STATE)
-    for shift in radix_shifts(RADIX_BITS):
-        _topk_hist_kernel[(rows, chunks)](
-            logits, lengths, state, hist, width, logits.stride(0), shift,
-            CHUNK=chunk, BLOCK=block, BITS=RADIX_BITS, STATE=STATE, num_warps=warps,
+    capability = tensor_capability(logits)
+    common = {"K": k, "CANDIDATES": CANDIDATES}
+    multiprocessors = sm_count(logits)
+    if rows >= multiprocessors:
+        long_rows = width > ROW_BLOCK
+        programs = min(rows, 2 * multiprocessors) if long_rows else rows
+        scratch = programs * CANDIDATES if long_rows else 1
+        cand_key = torch.empty(scratch, dtype=torch.int32, device=logits.device)
+        cand_pos = torch.empty(scratch, dtype=torch.int32, device=logits.device)
+        _topk_row_kernel[(programs,)](
+            logits, lengths, out, cand_key, cand_pos, rows, width, logits.stride(0),
+            ROW_BLOCK=ROW_BLOCK, SAMPLE=SAMPLE, SIGMAS=SAMPLE_SIGMAS, LONG=long_rows, STREAM=STREAM,
+            num_warps=row_warps(capability),
+            **common,
         )  # fmt: skip
-        _topk_select_kernel[(rows,)](state, hist, shift, BITS=RADIX_BITS, STATE=STATE)
-    _topk_collect_kernel[(rows, chunks)](
-        logits,
-        lengths,
-        state,
-        out,
-        width,
-        logits.stride(0),
-        K=k,
-        CHUNK=chunk,
-        BLOCK=block,
-        STATE=STATE,
-        num_warps=warps,
-    )
+        return out
+    found = persistent_zeros(logits.device, "topk_found", multiprocessors)
+    cand_key = torch.empty(rows, CANDIDATES, dtype=torch.int32, device=logits.device)
+    cand_pos = torch.empty(rows, CANDIDATES, dtype=torch.int32, device=logits.device)
+    _topk_compact_kernel[(rows, triton.cdiv(width, CHUNK))](
+        logits, lengths, found, cand_key, cand_pos, width, logits.stride(0),
+        CHUNK=CHUNK, SAMPLE=SAMPLE, SIGMAS=SAMPLE_SIGMAS, num_warps=topk_warps(capability), **common,
+    )  # fmt: skip
+    _topk_select_kernel[(rows,)](
+        logits, lengths, found, cand_key, cand_pos, out, width, logits.stride(0),
+        BLOCK=ROW_BLOCK, num_warps=topk_warps(capability), **common,
+    )  # fmt: skip
     return out
 
 
