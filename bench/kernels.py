@@ -15,7 +15,9 @@ to the host, are timed eagerly. With --out, writes the tables
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import importlib
 import json
 import os
 import sys
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import triton
@@ -30,6 +33,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.kernels.dsa_inputs, bench.kernels_baselines
 
 from bench.kernels_baselines import load_sglang, load_vllm_paged_logits, load_vllm_ragged_torch
+from sparsegate.kernels.dsa import indexer as indexer_module
 from sparsegate.kernels.dsa import naive as twin
 from sparsegate.kernels.dsa import (
     paged_mqa_logits,
@@ -41,6 +45,8 @@ from sparsegate.kernels.dsa import (
     write_index_k,
     write_mla_kv,
 )
+from sparsegate.kernels.dsa import topk as topk_module
+from sparsegate.kernels.dsa._configs import allowed_configs, assume_capability
 from sparsegate.kernels.dsa._layout import MLA_ROW_BYTES, PAGE_SIZE
 from tests.kernels.dsa_inputs import (
     block_table,
@@ -54,6 +60,41 @@ from tests.kernels.dsa_inputs import (
 SM_SCALE = 256**-0.5
 TOPK = 2048
 INDEX_HEADS = 32
+ADA = (8, 9)
+mla_module = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")  # the package re-exports the function
+
+
+def describe(config: triton.Config | None) -> str:
+    """A config as `BLOCK_H=64 BLOCK_N=16 DEQUANT=True num_splits=4 w8 s3`."""
+    if config is None:
+        return "-"
+    knobs = " ".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{knobs} w{config.num_warps} s{config.num_stages}"
+
+
+def ada_selects(config: triton.Config | None, candidates: list, estimate: object, hopper_only: list) -> str:
+    """yes / no: whether the sm_89 filter keeps a config with this tile (the split count is free on both)."""
+    if config is None:
+        return "-"
+    tile = {k: v for k, v in config.kwargs.items() if k != "num_splits"}
+    for c in allowed_configs(candidates, ADA, estimate, hopper_only):  # type: ignore[arg-type]
+        if c.kwargs == tile and (c.num_warps, c.num_stages) == (config.num_warps, config.num_stages):
+            return "yes"
+    return "no"
+
+
+def mla_ran() -> tuple[str, str]:
+    """The sparse-MLA config of the latest call, with ptxas's registers and spills, and whether Ada selects it."""
+    config, compiled = mla_module.last_launch()
+    regs = getattr(compiled, "n_regs", "?")
+    spills = getattr(compiled, "n_spills", "?")
+    ada = ada_selects(
+        config,
+        mla_module.SPARSE_MLA_CANDIDATES,
+        mla_module.sparse_mla_shared_memory,
+        mla_module.SPARSE_MLA_HOPPER_ONLY,
+    )
+    return f"{describe(config)}, {regs} regs, {spills} B spilled", ada
 
 
 @dataclass
@@ -72,10 +113,14 @@ class Row:
     rate: str
     floor_ms: float
     note: str = ""
+    config: str = "-"  # the config or tile that ran (autotuner's choice), with registers and spills where known
+    ada: str = "-"  # whether Ada (sm_89, <= 99 KiB shared memory, no spills) can select that config
 
     def __post_init__(self) -> None:  # progress as it comes, so a run cut short still shows what it measured
         print(
-            f"  {self.op} | {self.shape} | {self.impl} | {self.ms:.4f} ms | {self.pct_floor:.0f}% of floor", flush=True
+            f"  {self.op} | {self.shape} | {self.impl} | {self.ms:.4f} ms | {self.pct_floor:.0f}% of floor"
+            f" | {self.config} | Ada: {self.ada}",
+            flush=True,
         )
 
     @property
@@ -196,7 +241,9 @@ def bench_indexer(ceil: Ceilings, quick: bool) -> tuple[list[Row], dict[str, tor
         flops = 2 * batch * next_n * INDEX_HEADS * context * 128
         fl = floor_ms(ceil, nbytes, flops, fp8=True)
         ms = op_ms(partial(paged_mqa_logits, q, pages, weights, lens, table, context))
-        rows.append(Row("paged_mqa_logits", shape, "ours", ms, rate(nbytes, 0, ms), fl))
+        config = indexer_module._paged_mqa_logits_kernel.best_config
+        ada = ada_selects(config, indexer_module.PAGED_CANDIDATES, indexer_module.paged_shared_memory, [])
+        rows.append(Row("paged_mqa_logits", shape, "ours", ms, rate(nbytes, 0, ms), fl, "", describe(config), ada))
         if vllm is not None:
             out = torch.empty(batch * next_n, context, device="cuda")
             vllm_ms = op_ms(partial(vllm, q, pages, weights, lens, table, context, out))
@@ -221,7 +268,11 @@ def bench_indexer(ceil: Ceilings, quick: bool) -> tuple[list[Row], dict[str, tor
     nbytes = m * n * 4 + m * INDEX_HEADS * 128 + n * 132
     fl = floor_ms(ceil, nbytes, flops, fp8=True)
     ms = op_ms(partial(ragged_mqa_logits, q, k, k_scale, weights, ks, ke))
-    rows.append(Row("ragged_mqa_logits", shape, "ours", ms, rate(nbytes, flops, ms), fl))
+    config = indexer_module._ragged_mqa_logits_kernel.best_config
+    ada = ada_selects(
+        config, indexer_module.RAGGED_CANDIDATES, indexer_module.ragged_shared_memory, indexer_module.RAGGED_HOPPER_ONLY
+    )
+    rows.append(Row("ragged_mqa_logits", shape, "ours", ms, rate(nbytes, flops, ms), fl, "", describe(config), ada))
     vllm_torch = load_vllm_ragged_torch()
     if vllm_torch is not None:
         torch_ms = median_ms(partial(vllm_torch, q, (k, k_scale), weights, ks, ke), slow=True)
@@ -254,12 +305,16 @@ def bench_topk(ceil: Ceilings, keep: dict[str, torch.Tensor], quick: bool) -> li
         nbytes = r * n * 4 + r * TOPK * 4
         fl = floor_ms(ceil, nbytes)
         ms = op_ms(partial(topk_indices, logits, lens, TOPK))
-        rows.append(Row("topk_indices", shape, "ours", ms, rate(nbytes, 0, ms), fl))
+        if r >= torch.cuda.get_device_properties(0).multi_processor_count:
+            path = f"row kernel: one program a row, ROW_BLOCK={topk_module.ROW_BLOCK} in registers, w8"
+        else:
+            path = f"split: compact CHUNK={topk_module.CHUNK} w16 + select CANDIDATES={topk_module.CANDIDATES} w16"
+        rows.append(Row("topk_indices", shape, "ours", ms, rate(nbytes, 0, ms), fl, "", path, "yes (same kernels)"))
         torch_ms = op_ms(partial(torch.topk, logits, TOPK, dim=1, sorted=False))
         rows.append(
             Row("topk_indices", shape, "torch.topk", torch_ms, rate(nbytes, 0, torch_ms), fl, "not length-aware")
         )
-        if name == "decode" or not quick:
+        if name == "decode":  # the prefill twin loops over 8192 rows in Python: ten minutes
             naive_ms = median_ms(partial(twin.naive_topk_indices, logits, lens, TOPK), slow=True)
             rows.append(Row("topk_indices", shape, "naive twin", naive_ms, rate(nbytes, 0, naive_ms), fl))
     positions = topk_indices(keep["logits"], keep["lens"], TOPK)
@@ -313,10 +368,14 @@ def bench_sparse_mla(ceil: Ceilings, quick: bool) -> list[Row]:
         flops = _mla_flops(tokens, heads, TOPK)
         nbytes = tokens * TOPK * MLA_ROW_BYTES + tokens * heads * (576 + 512) * 2
         fl = floor_ms(ceil, nbytes, flops)
-        ms = op_ms(partial(sparse_mla, q, kv, idx, SM_SCALE))
-        rows.append(
-            Row("sparse_mla", shape, "ours (656-B FP8 rows)", ms, f"{rate(nbytes, 0, ms)}, {rate(0, flops, ms)}", fl)
-        )
+        for selection, capability in (("Hopper configs", None), ("Ada's configs, run here", ADA)):
+            with assume_capability(capability) if capability else contextlib.nullcontext():
+                ms = op_ms(partial(sparse_mla, q, kv, idx, SM_SCALE))
+                config, ada = mla_ran()
+            impl = f"ours (656-B FP8 rows), {selection}"
+            rows.append(
+                Row("sparse_mla", shape, impl, ms, f"{rate(nbytes, 0, ms)}, {rate(0, flops, ms)}", fl, "", config, ada)
+            )
         if sglang is not None:
             fused, decode, prefill = sglang
             q_nope, q_rope = q[..., :512], q[..., 512:]
@@ -361,10 +420,10 @@ def bench_sparse_mla(ceil: Ceilings, quick: bool) -> list[Row]:
     return rows
 
 
-def bench_decode_step(ceil: Ceilings, quick: bool) -> list[dict[str, float]]:
+def bench_decode_step(ceil: Ceilings, quick: bool) -> list[dict[str, object]]:
     gen = torch.Generator(device="cuda").manual_seed(3)
     batch = 32
-    results: list[dict[str, float]] = []
+    results: list[dict[str, object]] = []
     contexts = [8192, 32768, 131072] if quick else [8192, 16384, 32768, 65536, 131072]
     for context in contexts:
         pages_per_request = context // PAGE_SIZE
@@ -380,7 +439,14 @@ def bench_decode_step(ceil: Ceilings, quick: bool) -> list[dict[str, float]]:
         index_floor = floor_ms(ceil, batch * context * 132 + batch * context * 4)
         for heads in (64, 8):  # all of GLM-5's heads, and one rank's at TP=8 (the Ada deployment)
             q = mla_queries(batch, heads, "cuda", gen)
-            step_ms = op_ms(partial(_decode_step, q_index, pages, weights, lens, table, context, q, kv))
+            step = partial(_decode_step, q_index, pages, weights, lens, table, context, q, kv)
+            step_ms = op_ms(step)
+            mla_config, mla_ada = mla_ran()
+            ada_ms, ada_config = float("nan"), ""
+            if context == contexts[-1]:  # the same step with the sparse-MLA configs Ada selects
+                with assume_capability(ADA):
+                    ada_ms = op_ms(step)
+                    ada_config, _ = mla_ran()
             dense_ms = op_ms(partial(sparse_mla, q, kv, dense_slots, SM_SCALE))
             mla_floor = floor_ms(ceil, batch * TOPK * MLA_ROW_BYTES, _mla_flops(batch, heads, TOPK))
             print(f"  decode step ctx={context} H={heads}: DSA {step_ms:.3f} ms, dense {dense_ms:.3f} ms", flush=True)
@@ -392,6 +458,9 @@ def bench_decode_step(ceil: Ceilings, quick: bool) -> list[dict[str, float]]:
                     "dsa_floor_ms": index_floor + mla_floor,
                     "dense_ms": dense_ms,
                     "dense_floor_ms": max(dense_floor, _mla_flops(batch, heads, context) / ceil.bf16_tflops / 1e9),
+                    "mla_config": f"{mla_config} (Ada: {mla_ada})",
+                    "ada_step_ms": ada_ms,
+                    "ada_mla_config": ada_config,
                 }
             )
     return results
@@ -403,7 +472,7 @@ def _decode_step(q_index, pages, weights, lens, table, context, q, kv) -> object
     return sparse_mla(q, kv, slots, SM_SCALE)
 
 
-def render(rows: list[Row], steps: list[dict[str, float]], ceil: Ceilings, header: str) -> str:
+def render(rows: list[Row], steps: list[dict[str, Any]], ceil: Ceilings, header: str) -> str:
     ceilings = (
         f"Ceilings measured here: copy {ceil.copy_gbs:.0f} GB/s, bf16 matmul {ceil.bf16_tflops:.0f} TFLOP/s, "
         f"fp8 matmul {ceil.fp8_tflops:.0f} TFLOP/s."
@@ -411,24 +480,25 @@ def render(rows: list[Row], steps: list[dict[str, float]], ceil: Ceilings, heade
     lines = [header, "", ceilings, ""]
     for op in dict.fromkeys(r.op for r in rows):
         lines += [
-            f"### {op}",
+            f"#### {op}",
             "",
-            "| shape | impl | time (ms) | rate | floor (ms) | % of floor | ours faster by |",
-            "|---|---|---|---|---|---|---|",
+            "| shape | impl | time (ms) | rate | floor (ms) | % of floor | ours faster by | config that ran "
+            "| Ada selects it |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in rows if r.op == op):
             ours = next((x for x in rows if x.op == op and x.shape == r.shape and x.impl.startswith("ours")), None)
             speedup = f"{r.ms / ours.ms:.2f}x" if ours and r is not ours and r.ms == r.ms else ""
             note = f" ({r.note})" if r.note else ""
             cells = [r.shape, r.impl + note, f"{r.ms:.4f}", r.rate, f"{r.floor_ms:.4f}", f"{r.pct_floor:.0f}%", speedup]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join([*cells, r.config, r.ada]) + " |")
         lines.append("")
     lines += [
-        "### decode step (B=32, 32 index heads, top-k 2048): indexer -> top-k -> slots -> sparse MLA, CUDA graph",
+        "#### decode step (B=32, 32 index heads, top-k 2048): indexer -> top-k -> slots -> sparse MLA, CUDA graph",
         "",
         "| context | heads | DSA step (ms) | DSA floor (ms) | % of floor | dense MLA, ours over all slots (ms) "
-        "| dense floor (ms) | DSA vs dense measured | DSA vs dense floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dense floor (ms) | DSA vs dense measured | DSA vs dense floor | sparse-MLA config in the step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         cells = [
@@ -441,12 +511,18 @@ def render(rows: list[Row], steps: list[dict[str, float]], ceil: Ceilings, heade
             f"{s['dense_floor_ms']:.3f}",
             f"{s['dense_ms'] / s['dsa_step_ms']:.1f}x",
             f"{s['dense_floor_ms'] / s['dsa_step_ms']:.2f}x",
+            str(s["mla_config"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+        if s["ada_step_ms"] == s["ada_step_ms"]:  # measured for the longest context only
+            ada_ms = float(s["ada_step_ms"])
+            cells = [cells[0], cells[1] + ", Ada's configs", f"{ada_ms:.3f}", cells[3]]
+            cells += [f"{100 * float(s['dsa_floor_ms']) / ada_ms:.0f}%", "", "", "", "", str(s["ada_mla_config"])]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(steps: list[dict[str, float]], path: Path, device: str) -> None:
+def plot(steps: list[dict[str, Any]], path: Path, device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,7 +567,7 @@ def main() -> int:
     )
     ceil = measure_ceilings()
     rows: list[Row] = []
-    steps: list[dict[str, float]] = []
+    steps: list[dict[str, Any]] = []
     if "writers" in sections:
         rows += bench_writers(ceil, args.quick)
     if {"indexer", "topk"} & sections:

@@ -178,11 +178,43 @@ def probe_indexer_topk(ceil: object, old: ModuleType | None) -> None:
         print(f"  topk {name} torch.topk: {ms * 1000:.1f} us", flush=True)
 
 
+def ncu_target(tokens: int, heads: int, spec: str) -> None:
+    """One launch of one sparse-MLA config, without the autotuner, for Nsight Compute: spec is
+    `BLOCK_H,BLOCK_N,DEQUANT,num_splits,warps,stages`."""
+    bh, bn, dq, splits, warps, stages = (int(x) for x in spec.split(","))
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    kv = mla_cache(1 << 20, "cuda", gen)
+    q = mla_queries(tokens, heads, "cuda", gen)
+    idx = torch.randint(0, 1 << 20, (tokens, 2048), generator=gen, device="cuda", dtype=torch.int32)
+    out = torch.empty(tokens, heads, 512, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(tokens, heads, device="cuda")
+    part = torch.empty(tokens * splits * heads * 512, device="cuda")
+    part_lse = torch.empty(tokens * splits * heads, device="cuda")
+    arrivals = torch.zeros(4096, dtype=torch.int32, device="cuda")
+    grid = (triton.cdiv(heads, bh), splits, tokens)
+    for _ in range(3):
+        mla._sparse_mla_kernel.fn[grid](
+            q, kv.view(torch.float8_e4m3fn), kv.view(torch.float32), kv.view(torch.bfloat16), idx, out, lse,
+            part, part_lse, arrivals, SM_SCALE * 1.4426950408889634, heads, 2048, q.stride(0), q.stride(1),
+            idx.stride(0), 32, splits, 90, splits, PARTIAL=splits > 1, MAX_SPLITS=16, ROW_BYTES=656,
+            SCALE_OFFSET=512, ROPE_OFFSET=528, LATENT=512, TILES=4, ROPE=64, BLOCK_H=bh, BLOCK_N=bn,
+            DEQUANT=bool(dq), num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    torch.cuda.synchronize()
+    ref, _ = twin.naive_sparse_mla(q[:2], kv, idx[:2], SM_SCALE)
+    print(f"  ncu target T={tokens} H={heads} {spec}: err {rel_err(out[:2], ref):.1e}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, default=None)
     parser.add_argument("--only", default="mla,topk")
+    parser.add_argument("--ncu", default="", help="T,H,BLOCK_H,BLOCK_N,DEQUANT,splits,warps,stages: one launch")
     args = parser.parse_args()
+    if args.ncu:
+        tokens, heads, spec = args.ncu.split(",", 2)
+        ncu_target(int(tokens), int(heads), spec)
+        return 0
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
     ceil = measure_ceilings()
     print(f"  ceilings: {ceil}", flush=True)

@@ -34,6 +34,8 @@ PAGED_CANDIDATES = [
     triton.Config({"BLOCK_S": 128, "TILES": 4}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_S": 256, "TILES": 2}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_S": 64, "TILES": 1}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_S": 64, "TILES": 8}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_S": 64, "TILES": 4}, num_warps=4, num_stages=4),
 ]
 PAGED_INTERPRETER = triton.Config({"BLOCK_S": 128, "TILES": 2}, num_warps=4, num_stages=1)
 

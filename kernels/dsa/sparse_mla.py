@@ -16,7 +16,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsegate.kernels.dsa._configs import autotune_configs, capability_key, make_pruner, persistent_zeros, sm_count
+from sparsegate.kernels.dsa._configs import (
+    autotune_configs,
+    capability_key,
+    make_pruner,
+    persistent_zeros,
+    sm_count,
+    tensor_capability,
+)
 from sparsegate.kernels.dsa._layout import (
     FP8,
     LATENT_DIM,
@@ -34,22 +41,32 @@ SPLIT_CHOICES = (1, 2, 4, 8, 16)  # index-list splits the autotuner may pick for
 MAX_SPLITS = SPLIT_CHOICES[-1]
 MIN_SPLIT_LEN = 128  # indices per split below which merging costs more than it gains
 
-# Each compiles without spills for sm_89 (tests/kernels/sm89_compile.py); 8 warps share the [BLOCK_H, 512] float32
-# accumulator, which 4 warps cannot hold beside mma.sync's register operands.
+# Two ways to apply the per-tile scales (DEQUANT, see the kernel), each with tiles that compile without spills for
+# sm_89 (tests/kernels/sm89_compile.py); 8 warps share the [BLOCK_H, 512] float32 accumulator, which 4 warps cannot
+# hold beside mma.sync's register operands.
 SPARSE_MLA_CANDIDATES = [
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 16}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32, "DEQUANT": True}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32, "DEQUANT": True}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32, "DEQUANT": False}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": False}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32, "DEQUANT": False}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 32, "DEQUANT": False}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 64, "DEQUANT": False}, num_warps=8, num_stages=2),
 ]
 # Hopper-only: 64 heads make one wgmma tile (M = 64), which reads q and the rows from shared memory; for sm_89's
 # mma.sync the same tile spills (ptxas) and needs more than its 99 KiB of shared memory.
 SPARSE_MLA_HOPPER_ONLY = [c for c in SPARSE_MLA_CANDIDATES if c.kwargs["BLOCK_H"] >= 64]
 # The interpreter runs two splits whenever the shape allows it, so the CPU tests cover the fused merge.
-SPARSE_MLA_INTERPRETER = triton.Config({"BLOCK_H": 16, "BLOCK_N": 64, "num_splits": 2}, num_warps=4, num_stages=1)
-_INTERPRETER_UNSPLIT = triton.Config({"BLOCK_H": 16, "BLOCK_N": 64, "num_splits": 1}, num_warps=4, num_stages=1)
+SPARSE_MLA_INTERPRETER = triton.Config(
+    {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": True, "num_splits": 2}, num_warps=4, num_stages=1
+)
+_INTERPRETER_UNSPLIT = triton.Config(
+    {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": False, "num_splits": 1}, num_warps=4, num_stages=1
+)
 
 
 def sparse_mla_shared_memory(config: triton.Config) -> int:
@@ -80,17 +97,18 @@ _TILE_PRUNE = make_pruner(
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     # Tiles allowed on this device, each with the split counts this shape may use (only 1 without partials).
-    tiles = _TILE_PRUNE(SPARSE_MLA_CANDIDATES, named_args)
     cap = named_args["split_cap"]
-    if len(tiles) == 1 and tiles[0] is SPARSE_MLA_INTERPRETER:
+    if tensor_capability(named_args["q_ptr"]) is None:  # the interpreter (globals read here, so tests can swap them)
         return [SPARSE_MLA_INTERPRETER if cap >= 2 else _INTERPRETER_UNSPLIT]
+    tiles = _TILE_PRUNE(SPARSE_MLA_CANDIDATES, named_args)
     if not kwargs.get("PARTIAL"):
         return [c for c in configs if c.kwargs["num_splits"] == 1 and _same_tile(c, tiles)]
     return [c for c in configs if c.kwargs["num_splits"] <= cap and _same_tile(c, tiles)]
 
 
 def _same_tile(config: triton.Config, tiles: list[triton.Config]) -> bool:
-    return any(config.kwargs["BLOCK_H"] == t.kwargs["BLOCK_H"] and config.kwargs["BLOCK_N"] == t.kwargs["BLOCK_N"]
+    tile_keys = ("BLOCK_H", "BLOCK_N", "DEQUANT")
+    return any(all(config.kwargs[k] == t.kwargs[k] for k in tile_keys)
                and config.num_warps == t.num_warps and config.num_stages == t.num_stages for t in tiles)  # fmt: skip
 
 
@@ -139,6 +157,7 @@ def _sparse_mla_kernel(
     ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    DEQUANT: tl.constexpr,  # True: dequantize the latent before the dots; False: scale scores and p per tile
 ):
     TILE: tl.constexpr = LATENT // TILES
     t = tl.program_id(2)
@@ -151,12 +170,21 @@ def _sparse_mla_kernel(
     tile = tl.arange(0, TILES)
     d = tl.arange(0, TILE)
     q_rows = q_ptr + t.to(tl.int64) * stride_qt + heads[:, None] * stride_qh
-    q_lat = tl.load(q_rows + dl[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 512] bf16
     q_rope = tl.load(q_rows + (r + LATENT)[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 64] bf16
-
+    if DEQUANT:
+        q_lat = tl.load(q_rows + dl[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 512] bf16
+        acc = tl.zeros((BLOCK_H, LATENT), dtype=tl.float32)
+    else:
+        q0 = tl.load(q_rows + d[None, :], mask=h_ok[:, None], other=0.0)  # [BLOCK_H, 128] bf16
+        q1 = tl.load(q_rows + (d + TILE)[None, :], mask=h_ok[:, None], other=0.0)
+        q2 = tl.load(q_rows + (d + 2 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
+        q3 = tl.load(q_rows + (d + 3 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
+        acc0 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
     m = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)  # running max, base-2 domain
     denom = tl.zeros((BLOCK_H,), dtype=tl.float32)  # running sum of exp2
-    acc = tl.zeros((BLOCK_H, LATENT), dtype=tl.float32)
 
     splits = tl.minimum(num_splits, split_cap) if PARTIAL else 1
     split_len = tl.cdiv(tl.cdiv(TOPK, splits), BLOCK_N) * BLOCK_N  # whole blocks per split
@@ -168,24 +196,36 @@ def _sparse_mla_kernel(
         slot = tl.load(idx_row + n, mask=n < end, other=-1)
         valid = slot >= 0
         slot = tl.where(valid, slot, 0).to(tl.int64)
-        rows8 = row_fp8_ptr + slot * ROW_BYTES
-        k8 = tl.load(
-            rows8[:, None, None] + (tile[:, None] * TILE + d[None, :])[None, :, :], mask=valid[:, None, None], other=0.0
-        )  # [BLOCK_N, 4, 128] e4m3
-        scale = tl.load(
-            row_f32_ptr + slot[:, None] * (ROW_BYTES // 4) + (tile + SCALE_OFFSET // 4)[None, :],
-            mask=valid[:, None],
-            other=0.0,
-        )  # [BLOCK_N, 4] f32, powers of two
-        k = tl.reshape(k8.to(tl.bfloat16) * scale.to(tl.bfloat16)[:, :, None], (BLOCK_N, LATENT))  # exact
+        rows8 = row_fp8_ptr + slot[:, None] * ROW_BYTES
+        scales = row_f32_ptr + slot * (ROW_BYTES // 4) + SCALE_OFFSET // 4  # [BLOCK_N] pointers to 4 scales
         k_rope = tl.load(
             row_bf16_ptr + slot[:, None] * (ROW_BYTES // 2) + (r + ROPE_OFFSET // 2)[None, :],
             mask=valid[:, None],
             other=0.0,
         )  # [BLOCK_N, 64] bf16
-
         scores = tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, BLOCK_N] f32
-        scores = tl.dot(q_lat, tl.trans(k), scores)
+        if DEQUANT:  # latent x its tile's scale, exact in bf16: one operand for both dots
+            k8 = tl.load(
+                rows8[:, :, None] + (tile[:, None] * TILE + d[None, :])[None, :, :],
+                mask=valid[:, None, None],
+                other=0.0,
+            )  # [BLOCK_N, 4, 128] e4m3
+            scale = tl.load(scales[:, None] + tile[None, :], mask=valid[:, None], other=0.0)  # [BLOCK_N, 4] f32
+            k = tl.reshape(k8.to(tl.bfloat16) * scale.to(tl.bfloat16)[:, :, None], (BLOCK_N, LATENT))
+            scores = tl.dot(q_lat, tl.trans(k), scores)
+        else:  # widened tiles as stored; the scales go on the scores and on p
+            k0 = tl.load(rows8 + d[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)  # [BLOCK_N, 128]
+            k1 = tl.load(rows8 + (d + TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+            k2 = tl.load(rows8 + (d + 2 * TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+            k3 = tl.load(rows8 + (d + 3 * TILE)[None, :], mask=valid[:, None], other=0.0).to(tl.bfloat16)
+            s0 = tl.load(scales, mask=valid, other=0.0)  # [BLOCK_N]
+            s1 = tl.load(scales + 1, mask=valid, other=0.0)
+            s2 = tl.load(scales + 2, mask=valid, other=0.0)
+            s3 = tl.load(scales + 3, mask=valid, other=0.0)
+            scores += tl.dot(q0, tl.trans(k0)) * s0[None, :]
+            scores += tl.dot(q1, tl.trans(k1)) * s1[None, :]
+            scores += tl.dot(q2, tl.trans(k2)) * s2[None, :]
+            scores += tl.dot(q3, tl.trans(k3)) * s3[None, :]
         scores = tl.where(valid[None, :], scores * qk_scale, float("-inf"))
 
         m_new = tl.maximum(m, tl.max(scores, axis=1))
@@ -193,21 +233,34 @@ def _sparse_mla_kernel(
         alpha = tl.exp2(m - m_safe)
         p = tl.exp2(scores - m_safe[:, None])  # [BLOCK_H, BLOCK_N]
         denom = denom * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(tl.bfloat16), k, acc * alpha[:, None])  # [BLOCK_H, 512]
+        if DEQUANT:
+            acc = tl.dot(p.to(tl.bfloat16), k, acc * alpha[:, None])  # [BLOCK_H, 512]
+        else:
+            acc0 = tl.dot((p * s0[None, :]).to(tl.bfloat16), k0, acc0 * alpha[:, None])  # [BLOCK_H, 128]
+            acc1 = tl.dot((p * s1[None, :]).to(tl.bfloat16), k1, acc1 * alpha[:, None])
+            acc2 = tl.dot((p * s2[None, :]).to(tl.bfloat16), k2, acc2 * alpha[:, None])
+            acc3 = tl.dot((p * s3[None, :]).to(tl.bfloat16), k3, acc3 * alpha[:, None])
         m = m_new
 
     seen = denom > 0.0
     denom_safe = tl.where(seen, denom, 1.0)  # rows without a valid slot divide nothing and take no log of zero
-    acc = acc * tl.where(seen, 1.0 / denom_safe, 0.0)[:, None]
+    inv = tl.where(seen, 1.0 / denom_safe, 0.0)[:, None]
     lse = tl.where(seen, (m + tl.log2(denom_safe)) * 0.6931471805599453, float("-inf"))  # ln 2: natural log
-    out_rows = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * LATENT
-    if not PARTIAL:
-        tl.store(out_rows + dl[None, :], acc.to(tl.bfloat16), mask=h_ok[:, None])
-        tl.store(lse_ptr + t.to(tl.int64) * H + heads, lse, mask=h_ok)
+    if PARTIAL:
+        rows = (t.to(tl.int64) * splits + split) * H + heads  # [BLOCK_H] partial rows, float32
+        dest = part_ptr + rows[:, None] * LATENT
+        tl.store(part_lse_ptr + rows, lse, mask=h_ok)
     else:
-        part = (t.to(tl.int64) * splits + split) * H + heads  # [BLOCK_H] partial rows
-        tl.store(part_ptr + part[:, None] * LATENT + dl[None, :], acc, mask=h_ok[:, None])
-        tl.store(part_lse_ptr + part, lse, mask=h_ok)
+        dest = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * LATENT
+        tl.store(lse_ptr + t.to(tl.int64) * H + heads, lse, mask=h_ok)
+    if DEQUANT:
+        tl.store(dest + dl[None, :], (acc * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
+    else:
+        tl.store(dest + d[None, :], (acc0 * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
+        tl.store(dest + (d + TILE)[None, :], (acc1 * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
+        tl.store(dest + (d + 2 * TILE)[None, :], (acc2 * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
+        tl.store(dest + (d + 3 * TILE)[None, :], (acc3 * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
+    if PARTIAL:
         tl.debug_barrier()  # every thread's partial is written before the arrival below publishes it
         counter = arrivals_ptr + t * tl.num_programs(0) + block
         if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == splits - 1:  # the last split merges
@@ -224,19 +277,24 @@ def _sparse_mla_kernel(
             total = tl.sum(tl.exp(lse_s - top_safe[None, :]), axis=0)  # 0 where no split saw a slot
             seen = total > 0.0
             inv_total = tl.where(seen, 1.0 / tl.where(seen, total, 1.0), 0.0)  # [BLOCK_H]
-            for c in tl.static_range(TILES):  # a quarter of the columns at a time keeps registers low
-                merged = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
-                for i in range(splits):
-                    row = (t.to(tl.int64) * splits + i) * H + heads  # [BLOCK_H]
-                    lse_i = tl.load(part_lse_ptr + row, mask=h_ok, other=float("-inf"), cache_modifier=".cg")
-                    o = tl.load(
-                        part_ptr + row[:, None] * LATENT + (d + c * TILE)[None, :],
-                        mask=h_ok[:, None],
-                        other=0.0,
-                        cache_modifier=".cg",
-                    )  # [BLOCK_H, 128]
-                    merged += o * (tl.exp(lse_i - top_safe) * inv_total)[:, None]
-                tl.store(out_rows + (d + c * TILE)[None, :], merged.to(tl.bfloat16), mask=h_ok[:, None])
+            out_rows = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * LATENT
+            m0 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+            m1 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+            m2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+            m3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
+            for i in range(splits):  # the four loads of a split are in flight together
+                rows = (t.to(tl.int64) * splits + i) * H + heads  # [BLOCK_H]
+                lse_i = tl.load(part_lse_ptr + rows, mask=h_ok, other=float("-inf"), cache_modifier=".cg")
+                weight = (tl.exp(lse_i - top_safe) * inv_total)[:, None]  # [BLOCK_H, 1]
+                src = part_ptr + rows[:, None] * LATENT + d[None, :]
+                m0 += tl.load(src, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
+                m1 += tl.load(src + TILE, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
+                m2 += tl.load(src + 2 * TILE, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
+                m3 += tl.load(src + 3 * TILE, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
+            tl.store(out_rows + d[None, :], m0.to(tl.bfloat16), mask=h_ok[:, None])
+            tl.store(out_rows + (d + TILE)[None, :], m1.to(tl.bfloat16), mask=h_ok[:, None])
+            tl.store(out_rows + (d + 2 * TILE)[None, :], m2.to(tl.bfloat16), mask=h_ok[:, None])
+            tl.store(out_rows + (d + 3 * TILE)[None, :], m3.to(tl.bfloat16), mask=h_ok[:, None])
             merged_lse = tl.where(seen, top_safe + tl.log(tl.where(seen, total, 1.0)), float("-inf"))
             tl.store(lse_ptr + t.to(tl.int64) * H + heads, merged_lse, mask=h_ok)
             tl.atomic_xchg(counter, 0)  # ready for the next call

@@ -52,25 +52,38 @@ def _ordered_key(x):
 
 
 @triton.jit
-def _kth_key(key, k, slack):
-    # The largest t with at least k keys >= t (the k-th largest key), by bisection on the key value; stops early
-    # once k..k+slack keys are >= t. Keys of -2**31 never count. Needs at least k counted keys.
-    lo = tl.full((), -2147483647, tl.int64)
-    hi = tl.full((), 2147483647, tl.int64)
-    while lo < hi:
-        mid = lo + (hi - lo + 1) // 2
-        count = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), axis=0)
-        enough = count >= k
-        lo = tl.where(enough, mid, lo)
-        hi = tl.where(enough, tl.where(count <= k + slack, mid, hi), mid - 1)
-    return lo.to(tl.int32)
+def _radix_threshold(key, valid, k, STEPS: tl.constexpr):
+    # Radix select on register-resident keys, 8-bit digits from the top: the k-th largest valid key with its
+    # lowest 32 - 8 * STEPS bits cleared, and the mask of the bits it fixes. A key is above the threshold when
+    # (key & known) > threshold and tied when equal; clearing low bits never raises an int32, so every key at or
+    # above the k-th largest is >= the threshold. Needs at least k valid keys. Four steps find the exact key.
+    bins = tl.arange(0, 256)
+    offset = key ^ -2147483648  # sign bit flipped: unsigned order as bits, digits by shift and mask
+    prefix = tl.zeros((), dtype=tl.int32)  # chosen digits of `offset`, in place
+    known = tl.zeros((), dtype=tl.int32)  # mask of the chosen digits
+    need = k  # how many keys matching the prefix still belong to the top k
+    for step in tl.static_range(STEPS):
+        shift = 24 - 8 * step
+        match = valid & ((offset & known) == prefix)
+        digit = tl.where(match, (offset >> shift) & 255, 0)
+        dropped = tl.sum((~match).to(tl.int32), axis=0)
+        hist = tl.histogram(digit, 256) - tl.where(bins == 0, dropped, 0)  # [256]; non-matching keys left bin 0
+        at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # keys with digit >= bin
+        chosen = tl.max(tl.where(at_or_above >= need, bins, -1), axis=0)
+        need -= tl.sum(tl.where(bins > chosen, hist, 0), axis=0)
+        prefix = prefix | (chosen << shift)
+        known = known | (tl.full((), 255, tl.int32) << shift)
+    return prefix ^ -2147483648, known
 
 
 @triton.jit
-def _write_top(out, key, pos, threshold, k):
-    # Every key above the threshold and the first tied ones up to k, at places 0..k-1 of `out`.
-    above = key > threshold
-    tied = key == threshold
+def _write_top(out, key, valid, pos, k):
+    # The k largest valid keys' positions at places 0..k-1 of `out`: every key above the radix threshold and the
+    # first tied ones up to k.
+    threshold, known = _radix_threshold(key, valid, k, 4)
+    masked = key & known
+    above = valid & (masked > threshold)
+    tied = valid & (masked == threshold)
     need = k - tl.sum(above.to(tl.int32), axis=0)
     chosen = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= need))
     place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
@@ -80,13 +93,14 @@ def _write_top(out, key, pos, threshold, k):
 @triton.jit
 def _sample_threshold(row, length, K: tl.constexpr, SAMPLE: tl.constexpr, SIGMAS: tl.constexpr):
     # A key that at least K of the row's keys reach with high probability, and not many more: the rank
-    # K * SAMPLE / length (plus SIGMAS standard deviations) of an evenly spaced sample.
+    # K * SAMPLE / length (plus SIGMAS standard deviations) of an evenly spaced sample, to 24 bits.
     s = tl.arange(0, SAMPLE)
     key = _ordered_key(tl.load(row + (s.to(tl.int64) * length) // SAMPLE))  # [SAMPLE]
     expected = K * SAMPLE / length.to(tl.float32)
-    margin = SIGMAS * tl.sqrt(expected)
-    want = tl.minimum(tl.ceil(expected + margin).to(tl.int32) + 1, SAMPLE)
-    return _kth_key(key, want, (margin * 0.5).to(tl.int32))
+    want = tl.ceil(expected + SIGMAS * tl.sqrt(expected)).to(tl.int32) + 1
+    want = tl.minimum(tl.maximum(want, 1), SAMPLE)
+    threshold, _ = _radix_threshold(key, s < SAMPLE, want, 3)
+    return threshold
 
 
 @triton.jit
@@ -167,8 +181,8 @@ def _topk_row_kernel(
             _write_prefix(out, length, K)
         elif not LONG:  # the whole row fits in registers
             i = tl.arange(0, ROW_BLOCK)
-            key = tl.where(i < length, _ordered_key(tl.load(row + i, mask=i < length, other=0.0)), -2147483648)
-            _write_top(out, key, i, _kth_key(key, K, 0), K)
+            key = _ordered_key(tl.load(row + i, mask=i < length, other=0.0))
+            _write_top(out, key, i < length, i, K)
         else:
             if length <= CANDIDATES:  # noqa: SIM108 (a run-time condition: Triton has no run-time ternary)
                 threshold = -2147483647  # every key is a candidate
@@ -186,9 +200,8 @@ def _topk_row_kernel(
                 found += tl.sum(keep.to(tl.int32), axis=0)
             if (found >= K) & (found <= CANDIDATES):
                 j = tl.arange(0, CANDIDATES)
-                key = tl.load(cand_key + j, mask=j < found, other=-2147483648)
-                threshold = _kth_key(key, K, 0)
-                _write_top(out, key, tl.load(cand_pos + j, mask=j < found, other=0), threshold, K)
+                key = tl.load(cand_key + j, mask=j < found, other=0)
+                _write_top(out, key, j < found, tl.load(cand_pos + j, mask=j < found, other=0), K)
             else:
                 _select_whole_row(row, out, length, K, STREAM)
 
@@ -252,10 +265,9 @@ def _topk_select_kernel(
         _write_prefix(out, length, K)
     elif (found >= K) & (found <= CANDIDATES):
         j = tl.arange(0, CANDIDATES)
-        key = tl.load(cand_key_ptr + r.to(tl.int64) * CANDIDATES + j, mask=j < found, other=-2147483648)
-        threshold = _kth_key(key, K, 0)
+        key = tl.load(cand_key_ptr + r.to(tl.int64) * CANDIDATES + j, mask=j < found, other=0)
         pos = tl.load(cand_pos_ptr + r.to(tl.int64) * CANDIDATES + j, mask=j < found, other=0)
-        _write_top(out, key, pos, threshold, K)
+        _write_top(out, key, j < found, pos, K)
     else:
         _select_whole_row(logits_ptr + r.to(tl.int64) * stride_row, out, length, K, BLOCK)
 

@@ -40,7 +40,9 @@ class Spec:
             f"{k}={v}"
             for k, v in self.constexprs.items()
             if k.isupper()
-            and k.startswith(("BLOCK", "TILES", "H", "NEXT", "PARTIAL", "ROW_BLOCK", "LONG", "CHUNK", "CANDIDATES"))
+            and k.startswith(
+                ("BLOCK", "TILES", "H", "NEXT", "PARTIAL", "ROW", "LONG", "CHUNK", "CANDIDATES", "DEQUANT")
+            )
         )
         return f"{self.kernel}[{knobs},w{self.num_warps},s{self.num_stages}]"
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator
+
 import pytest
 import torch
+import triton
 
 from sparsegate.kernels.dsa import sparse_mla
 from sparsegate.kernels.dsa.naive import naive_sparse_mla
@@ -23,12 +27,29 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[True, False], ids=["dequant", "scaled-scores"])
+def scale_placement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
+    """Both ways the kernel applies the per-tile scales (its DEQUANT switch), split and unsplit. On a GPU the
+    autotuner picks among both; under the interpreter the pruner returns these configs."""
+    module = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")
+    if torch.cuda.is_available():  # the autotuner already tries both; re-tuning per case would only cost time
+        yield bool(request.param)
+        return
+    for name in ("SPARSE_MLA_INTERPRETER", "_INTERPRETER_UNSPLIT"):
+        config = getattr(module, name)
+        kwargs = {**config.kwargs, "DEQUANT": request.param}
+        monkeypatch.setattr(module, name, triton.Config(kwargs, num_warps=config.num_warps, num_stages=1))
+    module._sparse_mla_kernel.cache.clear()
+    yield bool(request.param)
+    module._sparse_mla_kernel.cache.clear()
+
+
 @pytest.mark.parametrize(
     ("tokens", "heads", "topk", "num_slots"),
     CASES,
     ids=[f"T{t}-H{h}-topk{k}-S{s}" for t, h, k, s in CASES],
 )
-def test_sparse_mla_matches_twin(tokens, heads, topk, num_slots, device, poisoned) -> None:
+def test_sparse_mla_matches_twin(tokens, heads, topk, num_slots, scale_placement, device, poisoned) -> None:
     gen = torch.Generator(device=device).manual_seed(30)
     kv = mla_cache(num_slots, device, gen)
     q = mla_queries(tokens, heads, device, gen)
