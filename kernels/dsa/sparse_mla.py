@@ -42,9 +42,11 @@ MAX_SPLITS = SPLIT_CHOICES[-1]
 MIN_SPLIT_LEN = 128  # indices per split below which merging costs more than it gains
 
 # Two ways to apply the per-tile scales (DEQUANT, see the kernel), each with tiles that compile without spills for
-# sm_89 (tests/kernels/sm89_compile.py); 8 warps share the [BLOCK_H, 512] float32 accumulator, which 4 warps cannot
-# hold beside mma.sync's register operands.
+# sm_89 (tests/kernels/sm89_compile.py). 4 warps fit only the smallest tiles beside mma.sync's register operands,
+# but leave room for two or three programs per multiprocessor; 8 warps share the [BLOCK_H, 512] accumulator.
 SPARSE_MLA_CANDIDATES = [
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16, "DEQUANT": True}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16, "DEQUANT": False}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_H": 16, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_H": 16, "BLOCK_N": 32, "DEQUANT": True}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_H": 32, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),

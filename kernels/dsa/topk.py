@@ -52,38 +52,50 @@ def _ordered_key(x):
 
 
 @triton.jit
-def _radix_threshold(key, valid, k, STEPS: tl.constexpr):
-    # Radix select on register-resident keys, 8-bit digits from the top: the k-th largest valid key with its
-    # lowest 32 - 8 * STEPS bits cleared, and the mask of the bits it fixes. A key is above the threshold when
-    # (key & known) > threshold and tied when equal; clearing low bits never raises an int32, so every key at or
-    # above the k-th largest is >= the threshold. Needs at least k valid keys. Four steps find the exact key.
-    bins = tl.arange(0, 256)
-    offset = key ^ -2147483648  # sign bit flipped: unsigned order as bits, digits by shift and mask
-    prefix = tl.zeros((), dtype=tl.int32)  # chosen digits of `offset`, in place
-    known = tl.zeros((), dtype=tl.int32)  # mask of the chosen digits
-    need = k  # how many keys matching the prefix still belong to the top k
-    for step in tl.static_range(STEPS):
-        shift = 24 - 8 * step
-        match = valid & ((offset & known) == prefix)
-        digit = tl.where(match, (offset >> shift) & 255, 0)
-        dropped = tl.sum((~match).to(tl.int32), axis=0)
-        hist = tl.histogram(digit, 256) - tl.where(bins == 0, dropped, 0)  # [256]; non-matching keys left bin 0
-        at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # keys with digit >= bin
-        chosen = tl.max(tl.where(at_or_above >= need, bins, -1), axis=0)
-        need -= tl.sum(tl.where(bins > chosen, hist, 0), axis=0)
-        prefix = prefix | (chosen << shift)
-        known = known | (tl.full((), 255, tl.int32) << shift)
-    return prefix ^ -2147483648, known
+def _kth_key(key, valid, k, slack):
+    # The largest t with at least k valid keys >= t (the k-th largest valid key), by a five-way search on the key
+    # value: each step counts the keys at or above four thresholds in one int64 sum (four 16-bit counts, so at most
+    # 65535 keys), which cuts the range to a fifth. Stops early at a threshold with k..k+slack keys at or above
+    # it. Needs at least k valid keys.
+    lo = tl.full((), -2147483647, tl.int64)  # count(key >= lo) >= k holds throughout
+    hi = tl.full((), 2147483647, tl.int64)  # every t > hi has fewer than k keys >= t
+    while lo < hi:
+        width = hi - lo + 1
+        t1 = tl.minimum(lo + tl.maximum(width // 5, 1), hi)
+        t2 = tl.minimum(lo + tl.maximum(2 * width // 5, 2), hi)
+        t3 = tl.minimum(lo + tl.maximum(3 * width // 5, 3), hi)
+        t4 = tl.minimum(lo + tl.maximum(4 * width // 5, 4), hi)
+        packed = (
+            (valid & (key >= t1.to(tl.int32))).to(tl.int64)
+            + ((valid & (key >= t2.to(tl.int32))).to(tl.int64) << 16)
+            + ((valid & (key >= t3.to(tl.int32))).to(tl.int64) << 32)
+            + ((valid & (key >= t4.to(tl.int32))).to(tl.int64) << 48)
+        )
+        counts = tl.sum(packed, axis=0)
+        c1 = counts & 0xFFFF
+        c2 = (counts >> 16) & 0xFFFF
+        c3 = (counts >> 32) & 0xFFFF
+        c4 = (counts >> 48) & 0xFFFF
+        lo_next = tl.where(c4 >= k, t4, tl.where(c3 >= k, t3, tl.where(c2 >= k, t2, tl.where(c1 >= k, t1, lo))))
+        hi_next = tl.where(
+            c1 < k, t1 - 1, tl.where(c2 < k, t2 - 1, tl.where(c3 < k, t3 - 1, tl.where(c4 < k, t4 - 1, hi)))
+        )
+        close = (lo_next == t1) & (c1 <= k + slack)  # the chosen threshold is close enough: stop there
+        close = close | ((lo_next == t2) & (c2 <= k + slack))
+        close = close | ((lo_next == t3) & (c3 <= k + slack))
+        close = close | ((lo_next == t4) & (c4 <= k + slack))
+        lo = lo_next
+        hi = tl.where(close, lo_next, hi_next)
+    return lo.to(tl.int32)
 
 
 @triton.jit
 def _write_top(out, key, valid, pos, k):
-    # The k largest valid keys' positions at places 0..k-1 of `out`: every key above the radix threshold and the
+    # The k largest valid keys' positions at places 0..k-1 of `out`: every key above the k-th largest and the
     # first tied ones up to k.
-    threshold, known = _radix_threshold(key, valid, k, 4)
-    masked = key & known
-    above = valid & (masked > threshold)
-    tied = valid & (masked == threshold)
+    threshold = _kth_key(key, valid, k, 0)
+    above = valid & (key > threshold)
+    tied = valid & (key == threshold)
     need = k - tl.sum(above.to(tl.int32), axis=0)
     chosen = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= need))
     place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
@@ -93,14 +105,13 @@ def _write_top(out, key, valid, pos, k):
 @triton.jit
 def _sample_threshold(row, length, K: tl.constexpr, SAMPLE: tl.constexpr, SIGMAS: tl.constexpr):
     # A key that at least K of the row's keys reach with high probability, and not many more: the rank
-    # K * SAMPLE / length (plus SIGMAS standard deviations) of an evenly spaced sample, to 24 bits.
+    # K * SAMPLE / length (plus SIGMAS standard deviations) of an evenly spaced sample, give or take half the margin.
     s = tl.arange(0, SAMPLE)
     key = _ordered_key(tl.load(row + (s.to(tl.int64) * length) // SAMPLE))  # [SAMPLE]
     expected = K * SAMPLE / length.to(tl.float32)
     want = tl.ceil(expected + SIGMAS * tl.sqrt(expected)).to(tl.int32) + 1
     want = tl.minimum(tl.maximum(want, 1), SAMPLE)
-    threshold, _ = _radix_threshold(key, s < SAMPLE, want, 3)
-    return threshold
+    return _kth_key(key, s < SAMPLE, want, (SIGMAS * 0.5 * tl.sqrt(expected)).to(tl.int32))
 
 
 @triton.jit
