@@ -28,14 +28,15 @@ CANDIDATES = 8192  # compacted keys per row the select step holds in registers
 SAMPLE = 4096  # evenly spaced logits per row that set the threshold
 SAMPLE_SIGMAS = 4.0  # margin of the threshold's rank, in binomial standard deviations
 ROW_BLOCK = 8192  # the one-program-per-row path keeps rows up to this long in registers
-CHUNK = 8192  # logits per program when a row is split (decode)
+CHUNK = 4096  # logits per program when a row is split (decode)
 STREAM = 2048  # logits a step where the row kernel streams a long row (8192 spills on sm_89)
 KEY_MIN = -2147483647  # below every key of a non-NaN float; -2**31 marks "no key"
 
 
 def topk_warps(capability: tuple[int, int] | None) -> int:
-    """16 warps keep enough loads in flight for a split row; the interpreter wants few."""
-    return 4 if capability is None else 16
+    """8 warps for the split path's kernels (16 gave wrong selections at k = 16..64 on the H200 under
+    triton 3.6, while 8 warps ran the same code right); the interpreter wants few."""
+    return 4 if capability is None else 8
 
 
 def row_warps(capability: tuple[int, int] | None) -> int:
@@ -54,9 +55,9 @@ def _ordered_key(x):
 @triton.jit
 def _kth_key(key, valid, k, slack):
     # The largest t with at least k valid keys >= t (the k-th largest valid key), by a five-way search on the key
-    # value: each step counts the keys at or above four thresholds in one int64 sum (four 16-bit counts, so at most
-    # 65535 keys), which cuts the range to a fifth. Stops early at a threshold with k..k+slack keys at or above
-    # it. Needs at least k valid keys.
+    # value: each step counts the keys at or above four thresholds in two int32 sums of two 16-bit counts each (so
+    # at most 32767 keys), which cuts the range to a fifth. Stops early at a threshold with k..k+slack keys at or
+    # above it. Needs at least k valid keys.
     lo = tl.full((), -2147483647, tl.int64)  # count(key >= lo) >= k holds throughout
     hi = tl.full((), 2147483647, tl.int64)  # every t > hi has fewer than k keys >= t
     while lo < hi:
@@ -65,17 +66,14 @@ def _kth_key(key, valid, k, slack):
         t2 = tl.minimum(lo + tl.maximum(2 * width // 5, 2), hi)
         t3 = tl.minimum(lo + tl.maximum(3 * width // 5, 3), hi)
         t4 = tl.minimum(lo + tl.maximum(4 * width // 5, 4), hi)
-        packed = (
-            (valid & (key >= t1.to(tl.int32))).to(tl.int64)
-            + ((valid & (key >= t2.to(tl.int32))).to(tl.int64) << 16)
-            + ((valid & (key >= t3.to(tl.int32))).to(tl.int64) << 32)
-            + ((valid & (key >= t4.to(tl.int32))).to(tl.int64) << 48)
-        )
-        counts = tl.sum(packed, axis=0)
-        c1 = counts & 0xFFFF
-        c2 = (counts >> 16) & 0xFFFF
-        c3 = (counts >> 32) & 0xFFFF
-        c4 = (counts >> 48) & 0xFFFF
+        low = (valid & (key >= t1.to(tl.int32))).to(tl.int32) + ((valid & (key >= t2.to(tl.int32))).to(tl.int32) << 16)
+        high = (valid & (key >= t3.to(tl.int32))).to(tl.int32) + ((valid & (key >= t4.to(tl.int32))).to(tl.int32) << 16)
+        low = tl.sum(low, axis=0)
+        high = tl.sum(high, axis=0)
+        c1 = (low & 0xFFFF).to(tl.int64)
+        c2 = (low >> 16).to(tl.int64)
+        c3 = (high & 0xFFFF).to(tl.int64)
+        c4 = (high >> 16).to(tl.int64)
         lo_next = tl.where(c4 >= k, t4, tl.where(c3 >= k, t3, tl.where(c2 >= k, t2, tl.where(c1 >= k, t1, lo))))
         hi_next = tl.where(
             c1 < k, t1 - 1, tl.where(c2 < k, t2 - 1, tl.where(c3 < k, t3 - 1, tl.where(c4 < k, t4 - 1, hi)))
