@@ -305,10 +305,13 @@ def bench_topk(ceil: Ceilings, keep: dict[str, torch.Tensor], quick: bool) -> li
         nbytes = r * n * 4 + r * TOPK * 4
         fl = floor_ms(ceil, nbytes)
         ms = op_ms(partial(topk_indices, logits, lens, TOPK))
+        cap = torch.cuda.get_device_capability()
         if r >= torch.cuda.get_device_properties(0).multi_processor_count:
-            path = f"row kernel: one program a row, ROW_BLOCK={topk_module.ROW_BLOCK} in registers, w8"
+            path = f"row kernel: a program a row, ROW_BLOCK={topk_module.ROW_BLOCK} in registers"
+            path += f", w{topk_module.row_warps(cap)}"
         else:
-            path = f"split: compact CHUNK={topk_module.CHUNK} w16 + select CANDIDATES={topk_module.CANDIDATES} w16"
+            path = f"split: compact CHUNK={topk_module.CHUNK} + select CANDIDATES={topk_module.CANDIDATES}"
+            path += f", w{topk_module.topk_warps(cap)}"
         rows.append(Row("topk_indices", shape, "ours", ms, rate(nbytes, 0, ms), fl, "", path, "yes (same kernels)"))
         torch_ms = op_ms(partial(torch.topk, logits, TOPK, dim=1, sorted=False))
         rows.append(

@@ -83,6 +83,7 @@ def sm_count(tensor: torch.Tensor) -> int:
 
 
 _PERSISTENT: dict[tuple[str, str, int | None], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
 
 
 def persistent_zeros(device: torch.device, name: str, size: int) -> torch.Tensor:
@@ -92,6 +93,8 @@ def persistent_zeros(device: torch.device, name: str, size: int) -> torch.Tensor
     key = (name, device.type, device.index)
     buffer = _PERSISTENT.get(key)
     if buffer is None or buffer.numel() < size:
+        if buffer is not None:
+            _RETIRED.append(buffer)  # a captured graph may still use it: never free it
         buffer = torch.zeros(max(size, 4096), dtype=torch.int32, device=device)
         _PERSISTENT[key] = buffer
     return buffer

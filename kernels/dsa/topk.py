@@ -34,8 +34,7 @@ KEY_MIN = -2147483647  # below every key of a non-NaN float; -2**31 marks "no ke
 
 
 def topk_warps(capability: tuple[int, int] | None) -> int:
-    """8 warps for the split path's kernels (16 gave wrong selections at k = 16..64 on the H200 under
-    triton 3.6, while 8 warps ran the same code right); the interpreter wants few."""
+    """8 warps for the split path's kernels (4096-logit chunks); the interpreter wants few."""
     return 4 if capability is None else 8
 
 
@@ -268,8 +267,9 @@ def _topk_select_kernel(
     r = tl.program_id(0)
     length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
     out = out_ptr + r.to(tl.int64) * K
-    found = tl.load(found_ptr + r)
-    tl.store(found_ptr + r, 0)
+    # Read and reset in one atomic: a plain load then store races, as the store (one thread) can land before
+    # another warp's load, and warps then disagree on the path (seen on the H200 as repeated positions).
+    found = tl.atomic_xchg(found_ptr + r, 0)
     if length <= K:
         _write_prefix(out, length, K)
     elif (found >= K) & (found <= CANDIDATES):
