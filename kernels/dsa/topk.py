@@ -9,8 +9,9 @@ misses it (a sample far off, or heavy ties) is solved by bisection over the whol
 exact. No buffer scales with the row, so shared memory stays far inside Ada's 99 KiB.
 
 Two launch shapes, chosen by row count: with at least one row per multiprocessor (prefill) one program solves a
-row, holding rows of up to ROW_BLOCK logits in registers outright; fewer rows (decode) spread each row's compaction
-over chunks of programs that reserve buffer places with an atomic counter, and a second launch selects. Lengths
+row, holding rows of up to ROW_BLOCK logits in registers outright; fewer rows (decode) take three launches: one
+program a row sets the threshold, chunks of programs compact (reserving buffer places with an atomic counter),
+and one program a row selects. Lengths
 are read on the device, grids depend on shapes only: CUDA-graph safe.
 """
 
@@ -215,9 +216,32 @@ def _topk_row_kernel(
 
 
 @triton.jit
+def _topk_threshold_kernel(
+    logits_ptr,  # [R, N] f32
+    lengths_ptr,  # [R] int32
+    threshold_ptr,  # [R] int32: each row's candidate threshold, as a key
+    N,
+    stride_row,
+    K: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    SIGMAS: tl.constexpr,
+):
+    # One program per row, so that the chunks of a split row read one threshold instead of each computing it.
+    r = tl.program_id(0)
+    length = tl.minimum(tl.maximum(tl.load(lengths_ptr + r), 0), N)
+    if length > CANDIDATES:
+        threshold = _sample_threshold(logits_ptr + r.to(tl.int64) * stride_row, length, K, SAMPLE, SIGMAS)
+        tl.store(threshold_ptr + r, threshold)
+    else:
+        tl.store(threshold_ptr + r, -2147483647)  # every key is a candidate
+
+
+@triton.jit
 def _topk_compact_kernel(
     logits_ptr,  # [R, N] f32
     lengths_ptr,  # [R] int32
+    threshold_ptr,  # [R] int32
     found_ptr,  # [R] int32, zero on entry: candidates of each row
     cand_key_ptr,  # [R, CANDIDATES] int32
     cand_pos_ptr,  # [R, CANDIDATES] int32
@@ -226,8 +250,6 @@ def _topk_compact_kernel(
     K: tl.constexpr,
     CHUNK: tl.constexpr,
     CANDIDATES: tl.constexpr,
-    SAMPLE: tl.constexpr,
-    SIGMAS: tl.constexpr,
 ):
     # Programs (row, chunk): the chunk's keys at or above the row's threshold, appended to the row's candidates.
     r = tl.program_id(0)
@@ -237,12 +259,8 @@ def _topk_compact_kernel(
         row = logits_ptr + r.to(tl.int64) * stride_row
         i = lo + tl.arange(0, CHUNK)  # [CHUNK]
         ok = i < length
-        key = _ordered_key(tl.load(row + i, mask=ok, other=0.0))  # issued before the threshold work below
-        if length <= CANDIDATES:  # noqa: SIM108 (a run-time condition: Triton has no run-time ternary)
-            threshold = -2147483647  # every key is a candidate
-        else:  # every chunk of the row computes the same threshold from the same sample
-            threshold = _sample_threshold(row, length, K, SAMPLE, SIGMAS)
-        keep = ok & (key >= threshold)
+        key = _ordered_key(tl.load(row + i, mask=ok, other=0.0))
+        keep = ok & (key >= tl.load(threshold_ptr + r))
         base = tl.atomic_add(found_ptr + r, tl.sum(keep.to(tl.int32), axis=0))
         place = base + tl.cumsum(keep.to(tl.int32), axis=0) - 1
         fits = keep & (place < CANDIDATES)
@@ -319,11 +337,17 @@ def topk_indices(logits: Tensor, lengths: Tensor, k: int = 2048) -> Tensor:
         )  # fmt: skip
         return out
     found = persistent_zeros(logits.device, "topk_found", multiprocessors)
+    threshold = torch.empty(rows, dtype=torch.int32, device=logits.device)
     cand_key = torch.empty(rows, CANDIDATES, dtype=torch.int32, device=logits.device)
     cand_pos = torch.empty(rows, CANDIDATES, dtype=torch.int32, device=logits.device)
+    warps = topk_warps(capability)
+    _topk_threshold_kernel[(rows,)](
+        logits, lengths, threshold, width, logits.stride(0), SAMPLE=SAMPLE, SIGMAS=SAMPLE_SIGMAS, num_warps=warps,
+        **common,
+    )  # fmt: skip
     _topk_compact_kernel[(rows, triton.cdiv(width, CHUNK))](
-        logits, lengths, found, cand_key, cand_pos, width, logits.stride(0),
-        CHUNK=CHUNK, SAMPLE=SAMPLE, SIGMAS=SAMPLE_SIGMAS, num_warps=topk_warps(capability), **common,
+        logits, lengths, threshold, found, cand_key, cand_pos, width, logits.stride(0), CHUNK=CHUNK, num_warps=warps,
+        **common,
     )  # fmt: skip
     _topk_select_kernel[(rows,)](
         logits, lengths, found, cand_key, cand_pos, out, width, logits.stride(0),

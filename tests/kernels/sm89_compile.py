@@ -133,11 +133,13 @@ def specs() -> list[Spec]:
         "lengths_ptr": "*i32",
         "out_ptr": "*i32",
         "found_ptr": "*i32",
+        "threshold_ptr": "*i32",
         "cand_key_ptr": "*i32",
         "cand_pos_ptr": "*i32",
     }
     sizes = {"K": 2048, "CANDIDATES": topk.CANDIDATES, "SAMPLE": topk.SAMPLE, "SIGMAS": topk.SAMPLE_SIGMAS}
     warps = topk.topk_warps(ada)
+    chunked = {"K": 2048, "CANDIDATES": topk.CANDIDATES}
     out += [
         *(
             Spec(
@@ -149,7 +151,14 @@ def specs() -> list[Spec]:
             )
             for long in (False, True)
         ),
-        Spec("_topk_compact_kernel", "topk", logits_types, {**sizes, "CHUNK": topk.CHUNK}, warps),
+        Spec("_topk_threshold_kernel", "topk", logits_types, sizes, warps),
+        Spec(
+            "_topk_compact_kernel",
+            "topk",
+            logits_types,
+            {**chunked, "CHUNK": topk.CHUNK},
+            warps,
+        ),
         Spec(
             "_topk_select_kernel",
             "topk",

@@ -24,6 +24,7 @@ KERNELS = {
     "_paged_mqa_logits_kernel",
     "_ragged_mqa_logits_kernel",
     "_topk_row_kernel",
+    "_topk_threshold_kernel",
     "_topk_compact_kernel",
     "_topk_select_kernel",
     "_slots_kernel",
