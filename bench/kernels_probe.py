@@ -59,13 +59,13 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
-def probe_sparse_mla(ceil: object, old: ModuleType | None) -> None:
+def probe_sparse_mla(ceil: object, old: ModuleType | None, shapes: list[tuple[int, int]]) -> None:
     gen = torch.Generator(device="cuda").manual_seed(7)
     num_slots = 1 << 20
     kv = mla_cache(num_slots, "cuda", gen)
     sglang = load_sglang()
     kv576 = kv[:, :576].contiguous().view(torch.float8_e4m3fn).view(num_slots, 1, 576)
-    for tokens, heads in ((32, 64), (32, 8), (32, 16), (1, 64), (4096, 64)):
+    for tokens, heads in shapes:
         q = mla_queries(tokens, heads, "cuda", gen)
         idx = torch.randint(0, num_slots, (tokens, 2048), generator=gen, device="cuda", dtype=torch.int32)
         check = min(tokens, 4)
@@ -209,6 +209,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, default=None)
     parser.add_argument("--only", default="mla,topk")
+    parser.add_argument("--shapes", default="32x64,32x8,32x16,1x64,4096x64", help="sparse MLA T x H list")
     parser.add_argument("--ncu", default="", help="T,H,BLOCK_H,BLOCK_N,DEQUANT,splits,warps,stages: one launch")
     args = parser.parse_args()
     if args.ncu:
@@ -222,7 +223,8 @@ def main() -> int:
     if "topk" in only:
         probe_indexer_topk(ceil, load_old(args.old, "topk"))
     if "mla" in only:
-        probe_sparse_mla(ceil, load_old(args.old, "sparse_mla"))
+        shapes = [(int(t), int(h)) for t, h in (x.split("x") for x in args.shapes.split(","))]
+        probe_sparse_mla(ceil, load_old(args.old, "sparse_mla"), shapes)
     return 0
 
 

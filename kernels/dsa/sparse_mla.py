@@ -41,30 +41,39 @@ SPLIT_CHOICES = (1, 2, 4, 8, 16)  # index-list splits the autotuner may pick for
 MAX_SPLITS = SPLIT_CHOICES[-1]
 MIN_SPLIT_LEN = 128  # indices per split below which merging costs more than it gains
 
+
+def _tile(block_h: int, block_n: int, dequant: bool, warps: int, stages: int) -> triton.Config:
+    # The split merge takes 64 / BLOCK_H splits a step (at most 4): their loads overlap within the registers the
+    # main loop leaves free.
+    unroll = max(1, min(4, 64 // block_h))
+    kwargs = {"BLOCK_H": block_h, "BLOCK_N": block_n, "DEQUANT": dequant, "MERGE_UNROLL": unroll}
+    return triton.Config(kwargs, num_warps=warps, num_stages=stages)
+
+
 # Two ways to apply the per-tile scales (DEQUANT, see the kernel), each with tiles that compile without spills for
 # sm_89 (tests/kernels/sm89_compile.py). 4 warps fit only the smallest tiles beside mma.sync's register operands,
 # but leave room for two or three programs per multiprocessor; 8 warps share the [BLOCK_H, 512] accumulator.
 SPARSE_MLA_CANDIDATES = [
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16, "DEQUANT": True}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16, "DEQUANT": False}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32, "DEQUANT": True}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32, "DEQUANT": True}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32, "DEQUANT": False}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": False}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32, "DEQUANT": False}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16, "DEQUANT": True}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 32, "DEQUANT": False}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 64, "DEQUANT": False}, num_warps=8, num_stages=2),
+    _tile(16, 16, dequant=True, warps=4, stages=2),
+    _tile(16, 16, dequant=False, warps=4, stages=3),
+    _tile(16, 16, dequant=True, warps=8, stages=3),
+    _tile(16, 32, dequant=True, warps=8, stages=3),
+    _tile(32, 16, dequant=True, warps=8, stages=3),
+    _tile(32, 32, dequant=True, warps=8, stages=3),
+    _tile(16, 32, dequant=False, warps=8, stages=2),
+    _tile(16, 64, dequant=False, warps=8, stages=2),
+    _tile(32, 32, dequant=False, warps=8, stages=2),
+    _tile(64, 16, dequant=True, warps=8, stages=3),
+    _tile(64, 16, dequant=True, warps=8, stages=2),
+    _tile(64, 32, dequant=False, warps=8, stages=2),
+    _tile(64, 64, dequant=False, warps=8, stages=2),
 ]
 # Hopper-only: 64 heads make one wgmma tile (M = 64), which reads q and the rows from shared memory; for sm_89's
 # mma.sync the same tile spills (ptxas) and needs more than its 99 KiB of shared memory.
 SPARSE_MLA_HOPPER_ONLY = [c for c in SPARSE_MLA_CANDIDATES if c.kwargs["BLOCK_H"] >= 64]
 # The interpreter runs two splits whenever the shape allows it, so the CPU tests cover the fused merge.
 SPARSE_MLA_INTERPRETER = triton.Config(
-    {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": True, "num_splits": 2}, num_warps=4, num_stages=1
+    {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": True, "MERGE_UNROLL": 4, "num_splits": 2}, num_warps=4, num_stages=1
 )
 _INTERPRETER_UNSPLIT = triton.Config(
     {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": False, "num_splits": 1}, num_warps=4, num_stages=1
@@ -109,7 +118,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
 
 
 def _same_tile(config: triton.Config, tiles: list[triton.Config]) -> bool:
-    tile_keys = ("BLOCK_H", "BLOCK_N", "DEQUANT")
+    tile_keys = ("BLOCK_H", "BLOCK_N", "DEQUANT", "MERGE_UNROLL")
     return any(all(config.kwargs[k] == t.kwargs[k] for k in tile_keys)
                and config.num_warps == t.num_warps and config.num_stages == t.num_stages for t in tiles)  # fmt: skip
 
@@ -160,6 +169,7 @@ def _sparse_mla_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DEQUANT: tl.constexpr,  # True: dequantize the latent before the dots; False: scale scores and p per tile
+    MERGE_UNROLL: tl.constexpr = 1,  # splits merged per step (their loads overlap); set from BLOCK_H by the launcher
 ):
     TILE: tl.constexpr = LATENT // TILES
     t = tl.program_id(2)
@@ -284,15 +294,18 @@ def _sparse_mla_kernel(
             m1 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
             m2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
             m3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
-            for i in range(splits):  # the four loads of a split are in flight together
-                rows = (t.to(tl.int64) * splits + i) * H + heads  # [BLOCK_H]
-                lse_i = tl.load(part_lse_ptr + rows, mask=h_ok, other=float("-inf"), cache_modifier=".cg")
-                weight = (tl.exp(lse_i - top_safe) * inv_total)[:, None]  # [BLOCK_H, 1]
-                src = part_ptr + rows[:, None] * LATENT + d[None, :]
-                m0 += tl.load(src, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
-                m1 += tl.load(src + TILE, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
-                m2 += tl.load(src + 2 * TILE, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
-                m3 += tl.load(src + 3 * TILE, mask=h_ok[:, None], other=0.0, cache_modifier=".cg") * weight
+            for first in range(0, splits, MERGE_UNROLL):  # MERGE_UNROLL splits' loads in flight together
+                for u in tl.static_range(MERGE_UNROLL):
+                    i = first + u
+                    rows = (t.to(tl.int64) * splits + i) * H + heads  # [BLOCK_H]
+                    ok = h_ok & ((heads * 0 + i) < splits)  # [BLOCK_H]
+                    lse_i = tl.load(part_lse_ptr + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                    weight = (tl.exp(lse_i - top_safe) * inv_total)[:, None]  # [BLOCK_H, 1], 0 past the splits
+                    src = part_ptr + rows[:, None] * LATENT + d[None, :]
+                    m0 += tl.load(src, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
+                    m1 += tl.load(src + TILE, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
+                    m2 += tl.load(src + 2 * TILE, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
+                    m3 += tl.load(src + 3 * TILE, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
             tl.store(out_rows + d[None, :], m0.to(tl.bfloat16), mask=h_ok[:, None])
             tl.store(out_rows + (d + TILE)[None, :], m1.to(tl.bfloat16), mask=h_ok[:, None])
             tl.store(out_rows + (d + 2 * TILE)[None, :], m2.to(tl.bfloat16), mask=h_ok[:, None])
