@@ -149,11 +149,7 @@ def make_pruner(
     return prune
 
 
-def autotune_configs(
-    candidates: Sequence[triton.Config], interpreter_config: triton.Config | Sequence[triton.Config]
-) -> list[triton.Config]:
-    """The list handed to `triton.autotune`: the candidates, or the interpreter's config(s). With more than one
-    interpreter config the kernel's pruner picks among them (Triton skips pruning for a one-config list)."""
-    if not interpreting():
-        return list(candidates)
-    return [interpreter_config] if isinstance(interpreter_config, triton.Config) else list(interpreter_config)
+def autotune_configs(candidates: Sequence[triton.Config], interpreter_config: triton.Config) -> list[triton.Config]:
+    """The list handed to `triton.autotune`: the candidates, or the interpreter's one config (Triton 3.7's
+    autotuner benchmarks whenever it holds more than one config, and the interpreter has no timer)."""
+    return [interpreter_config] if interpreting() else list(candidates)

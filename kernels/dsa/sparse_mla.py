@@ -16,14 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsegate.kernels.dsa._configs import (
-    autotune_configs,
-    capability_key,
-    make_pruner,
-    persistent_zeros,
-    sm_count,
-    tensor_capability,
-)
+from sparsegate.kernels.dsa._configs import autotune_configs, capability_key, make_pruner, persistent_zeros, sm_count
 from sparsegate.kernels.dsa._layout import (
     FP8,
     LATENT_DIM,
@@ -71,12 +64,10 @@ SPARSE_MLA_CANDIDATES = [
 # Hopper-only: 64 heads make one wgmma tile (M = 64), which reads q and the rows from shared memory; for sm_89's
 # mma.sync the same tile spills (ptxas) and needs more than its 99 KiB of shared memory.
 SPARSE_MLA_HOPPER_ONLY = [c for c in SPARSE_MLA_CANDIDATES if c.kwargs["BLOCK_H"] >= 64]
-# The interpreter runs two splits whenever the shape allows it, so the CPU tests cover the fused merge.
+# The interpreter's one config runs two splits whenever the shape allows it (the kernel and grid clamp the count
+# to split_cap), so the CPU tests cover the fused merge.
 SPARSE_MLA_INTERPRETER = triton.Config(
     {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": True, "MERGE_UNROLL": 4, "num_splits": 2}, num_warps=4, num_stages=1
-)
-_INTERPRETER_UNSPLIT = triton.Config(
-    {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": False, "num_splits": 1}, num_warps=4, num_stages=1
 )
 
 
@@ -109,8 +100,6 @@ _TILE_PRUNE = make_pruner(
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     # Tiles allowed on this device, each with the split counts this shape may use (only 1 without partials).
     cap = named_args["split_cap"]
-    if tensor_capability(named_args["q_ptr"]) is None:  # the interpreter (globals read here, so tests can swap them)
-        return [SPARSE_MLA_INTERPRETER if cap >= 2 else _INTERPRETER_UNSPLIT]
     tiles = _TILE_PRUNE(SPARSE_MLA_CANDIDATES, named_args)
     if not kwargs.get("PARTIAL"):
         return [c for c in configs if c.kwargs["num_splits"] == 1 and _same_tile(c, tiles)]
@@ -131,7 +120,7 @@ TUNED_CONFIGS = [
 
 
 @triton.autotune(
-    configs=autotune_configs(TUNED_CONFIGS, [SPARSE_MLA_INTERPRETER, _INTERPRETER_UNSPLIT]),
+    configs=autotune_configs(TUNED_CONFIGS, SPARSE_MLA_INTERPRETER),
     key=["H", "TOPK", "token_bucket", "split_cap", "capability"],
     prune_configs_by={"early_config_prune": _prune},
     reset_to_zero=None,

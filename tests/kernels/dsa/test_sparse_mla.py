@@ -29,19 +29,19 @@ CASES = [
 
 @pytest.fixture(params=[True, False], ids=["dequant", "scaled-scores"])
 def scale_placement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
-    """Both ways the kernel applies the per-tile scales (its DEQUANT switch), split and unsplit. On a GPU the
-    autotuner picks among both; under the interpreter the pruner returns these configs."""
+    """Both ways the kernel applies the per-tile scales (its DEQUANT switch). On a GPU the autotuner picks among
+    both; under the interpreter the autotuner's one config is swapped for each."""
     module = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")
+    kernel = module._sparse_mla_kernel
     if torch.cuda.is_available():  # the autotuner already tries both; re-tuning per case would only cost time
         yield bool(request.param)
         return
-    for name in ("SPARSE_MLA_INTERPRETER", "_INTERPRETER_UNSPLIT"):
-        config = getattr(module, name)
-        kwargs = {**config.kwargs, "DEQUANT": request.param}
-        monkeypatch.setattr(module, name, triton.Config(kwargs, num_warps=config.num_warps, num_stages=1))
-    module._sparse_mla_kernel.cache.clear()
+    config = module.SPARSE_MLA_INTERPRETER
+    swapped = triton.Config({**config.kwargs, "DEQUANT": request.param}, num_warps=config.num_warps, num_stages=1)
+    monkeypatch.setattr(kernel, "configs", [swapped])
+    kernel.cache.clear()
     yield bool(request.param)
-    module._sparse_mla_kernel.cache.clear()
+    kernel.cache.clear()
 
 
 @pytest.mark.parametrize(
