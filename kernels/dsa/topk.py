@@ -2,17 +2,17 @@
 
 Top-k never sorts. Each float maps to an int32 key whose signed order is the float order. A strided sample of the
 row gives a threshold that, with a margin of four standard deviations, lies below the k-th largest key; one pass
-over the row compacts the keys at or above it (a few thousand of a 128K row) into a small buffer, and a bisection
-on the key value over those candidates, held in registers, finds the exact k-th largest key. The result is exact
-whenever the candidates number between k and CANDIDATES: that count is checked on the device, and a row that
-misses it (a sample far off, or heavy ties) is solved by bisection over the whole row instead, slower and still
-exact. No buffer scales with the row, so shared memory stays far inside Ada's 99 KiB.
+over the row compacts the keys at or above it (a few thousand of a 128K row) into a small buffer, and a five-way
+search on the key value over those candidates, held in registers, finds the exact k-th largest key (14 counting
+steps for 32-bit keys). The result is exact whenever the candidates number between k and CANDIDATES: that count is
+checked on the device, and a row that misses it (a sample far off, or heavy ties) is solved by bisection over the
+whole row instead, slower (up to 32 passes over it) and still exact. No buffer scales with the row, so shared
+memory stays far inside Ada's 99 KiB.
 
 Two launch shapes, chosen by row count: with at least one row per multiprocessor (prefill) one program solves a
 row, holding rows of up to ROW_BLOCK logits in registers outright; fewer rows (decode) take three launches: one
 program a row sets the threshold, chunks of programs compact (reserving buffer places with an atomic counter),
-and one program a row selects. Lengths
-are read on the device, grids depend on shapes only: CUDA-graph safe.
+and one program a row selects. Lengths are read on the device, grids depend on shapes only: CUDA-graph safe.
 """
 
 from __future__ import annotations
