@@ -2,8 +2,8 @@
 
 Each split of a query row's index list leaves its output normalized by itself (float32) and its natural-log lse.
 The merge weighs split s by exp(lse_s - max lse) / sum over the splits, so a split that saw no valid slot
-(lse = -inf) weighs nothing and a row no split saw gives zeros and lse = -inf. A program holds at most 4,096
-partial values ([SPLITS, BLOCK_H, 128]), so a row of 32 splits at 64 heads is 256 programs: the loads of many
+(lse = -inf) weighs nothing and a row no split saw gives zeros and lse = -inf. A program holds at most 2,048
+partial values ([SPLITS, BLOCK_H, BLOCK_D]), so a row of 32 splits at 64 heads is 512 programs: the loads of many
 programs overlap, where a merge by one program per (row, head block) read its splits in dependent rounds.
 """
 
@@ -13,15 +13,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-MERGE_COLUMNS = 128  # value columns a merge program takes
-MERGE_VALUES = 4096  # partial values a merge program holds: SPLITS x BLOCK_H x MERGE_COLUMNS
+MERGE_VALUES = 2048  # partial values a merge program holds: SPLITS x BLOCK_H x BLOCK_D (4,096 spilled on sm_89)
 MERGE_WARPS = 4
 
 
-def merge_block_h(splits: int, heads: int) -> int:
-    """Heads a merge program takes, so that it holds at most MERGE_VALUES partial values."""
-    per_head = triton.next_power_of_2(splits) * MERGE_COLUMNS
-    return max(1, min(triton.next_power_of_2(heads), MERGE_VALUES // per_head))
+def merge_tile(splits: int, heads: int) -> tuple[int, int]:
+    """(heads, value columns) a merge program takes, so that it holds at most MERGE_VALUES partial values."""
+    rows = triton.next_power_of_2(splits)
+    block_d = min(128, MERGE_VALUES // rows)
+    return max(1, min(triton.next_power_of_2(heads), MERGE_VALUES // (rows * block_d))), block_d
 
 
 @triton.jit
@@ -66,8 +66,8 @@ def merge_splits(part: Tensor, part_lse: Tensor, out: Tensor, lse: Tensor, split
     """Merge `splits` partials per (row, head) into out [T, H, 512] bf16 and lse [T, H] f32, in place. part and
     part_lse are flat buffers of at least T * splits * H * 512 and T * splits * H float32 values."""
     tokens, heads, latent = out.shape
-    block_h = merge_block_h(splits, heads)
-    grid = (triton.cdiv(heads, block_h), latent // MERGE_COLUMNS, tokens)
+    block_h, block_d = merge_tile(splits, heads)
+    grid = (triton.cdiv(heads, block_h), latent // block_d, tokens)
     _merge_splits_kernel[grid](
         part,
         part_lse,
@@ -78,6 +78,6 @@ def merge_splits(part: Tensor, part_lse: Tensor, out: Tensor, lse: Tensor, split
         SPLITS=triton.next_power_of_2(splits),
         LATENT=latent,
         BLOCK_H=block_h,
-        BLOCK_D=MERGE_COLUMNS,
+        BLOCK_D=block_d,
         num_warps=MERGE_WARPS,
     )
