@@ -1,4 +1,4 @@
-"""`sparsegate`: run the gateway, run a simulated worker, or hash an API key for the config."""
+"""`sparsegate`: run the gateway, run a simulated worker, hash an API key for the config, or use the admin API."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from sparsegate.gateway.admin.cli import add_parser as add_admin
 from sparsegate.gateway.settings import ConfigError, hash_api_key, load_settings
 
 
@@ -87,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
         code: int = sim_main(argv[1:])
         return code
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (the embedded demo when no --config is given)")
@@ -100,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     hk = sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key for the config")
     hk.add_argument("key", nargs="?", help="the key (read from stdin when omitted, to keep it out of shell history)")
     hk.set_defaults(func=_hash_key)
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    add_admin(sub)
+    return parser
 
 
 if __name__ == "__main__":

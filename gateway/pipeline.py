@@ -82,8 +82,9 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
     request.state.record = record
 
     with record.trace.stage("auth"):
-        tenant = state.keys.authenticate(request.headers)
-    record.tenant = tenant.name
+        identity = state.keys.identify(request.headers)
+    tenant = identity.tenant
+    record.tenant, record.key_id = tenant.name, identity.key_id
 
     # parse
     data = await read_json_body(request, state.settings.max_request_bytes)
@@ -117,6 +118,9 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
         tokens=prompt_tokens + plan.completion_budget * body.n,
         request_id=record.request_id,
         on_failure=tenant.on_limiter_failure,
+        budgets=tenant.budgets,
+        key_id=identity.key_id,
+        key_budgets=identity.key_budgets,
     )
     try:
         with record.trace.stage("admission"):
