@@ -83,7 +83,7 @@ def measure(
     run_wrk(target.port, chat_body(STREAM_CHUNKS, False), 64, plan.warmup_s, workdir)  # warm-up, not reported
 
     def counted(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        settle(target, up)
+        settled = settle(target, up)
         s0, c0 = up.stats(), target.cpu_s()
         out = run()
         s1, c1 = up.stats(), target.cpu_s()
@@ -92,6 +92,7 @@ def measure(
         out["cpu_s"] = _delta(c0, c1)
         out["cpu_ms_per_request"] = _per(out["cpu_s"], out["upstream_requests"], 1e3)
         out["cpu_us_per_event"] = _per(out["cpu_s"], out["upstream_events"], 1e6)
+        out["settled_before"] = settled
         return out
 
     if "nonstream" in only:
@@ -153,10 +154,10 @@ def measure(
     return result
 
 
-def settle(target: targets.Target, up: Upstream, max_wait_s: float = 20.0) -> None:
+def settle(target: targets.Target, up: Upstream, max_wait_s: float = 10.0) -> bool:
     """Wait until the last run's leftovers are done: no stream open at the upstream and the target idle (under 5 %
     of a core over 0.3 s). A saturated target still works off the requests its last client abandoned; measuring
-    during that would book them to the next run."""
+    during that would book them to the next run. False when it did not settle in time (the run goes ahead)."""
     deadline = time.monotonic() + max_wait_s
     while time.monotonic() < deadline:
         before = target.cpu_s()
@@ -164,7 +165,8 @@ def settle(target: targets.Target, up: Upstream, max_wait_s: float = 20.0) -> No
         after = target.cpu_s()
         idle = before is None or after is None or after - before < 0.015
         if idle and up.stats()["active"] == 0:
-            return
+            return True
+    return False
 
 
 def _loadgen_summary(raw: dict[str, Any]) -> dict[str, Any]:

@@ -281,6 +281,9 @@ def parse_wrk(output: str) -> dict[str, Any]:
     result["duration_s"] = _ms(m.group(2) + m.group(3)) / 1000
     m = re.search(r"Requests/sec:\s+([\d.]+)", output)
     result["rps"] = float(m.group(1)) if m else result["requests"] / result["duration_s"]
+    if result["requests"] == 0:  # wrk prints zeros then; they are no latency
+        for key in ("p50_ms", "p75_ms", "p90_ms", "p99_ms"):
+            result[key] = None
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if m:
         result["non_2xx"] = int(m.group(1))
@@ -373,6 +376,9 @@ def parse_loadgen(output: str) -> dict[str, Any]:
     for key in ("ok", "errors", "incomplete", "status", "latency_ms", "ttft_ms", "gap_ms", "rps"):
         if key not in data:
             raise ValueError(f"loadgen output lacks {key!r}")
+    for series in data.values():
+        if isinstance(series, dict) and series.get("n") == 0:  # no samples: zeros are no figure
+            series.update(dict.fromkeys(("p50", "p90", "p99", "max", "mean")))
     return data
 
 

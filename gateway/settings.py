@@ -146,6 +146,14 @@ class RetrySettings(_Section):
     max_attempts: int = Field(default=3, ge=1, description="attempts per request, before the first byte only")
 
 
+class ResponsesSettings(_Section):
+    """Where stored OpenAI responses live (gateway/responses_store.py)."""
+
+    ttl_s: float = Field(default=86400.0, gt=0, description="how long the gateway remembers a response's worker")
+    max_entries: int = Field(default=100_000, gt=0, description="entries kept in memory (per replica)")
+    redis_deadline_s: float = Field(default=0.1, gt=0, description="longest a lookup waits for Redis")
+
+
 class TelemetrySettings(_Section):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint; the OTEL_* variables also work")
     service_name: str = "sparsegate-gateway"
@@ -211,6 +219,7 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     retries: RetrySettings = RetrySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    responses: ResponsesSettings = ResponsesSettings()
     admin: AdminSettings = AdminSettings()
     ledger: LedgerSettings = LedgerSettings()
     metrics_port: int | None = Field(

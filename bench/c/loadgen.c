@@ -52,6 +52,7 @@ typedef struct {
     int status;
     int chunked;
     int retry_after;
+    int server_close; /* the answer said connection: close */
     long remaining; /* body bytes (content-length) or chunk bytes left */
     uint64_t t_start, t_first, t_last_content;
     int events, content_events;
@@ -145,7 +146,7 @@ static void send_request(conn_t *c) {
     c->t_start = now_ns();
     c->t_first = c->t_last_content = 0;
     c->events = c->content_events = 0;
-    c->status = c->chunked = c->retry_after = 0;
+    c->status = c->chunked = c->retry_after = c->server_close = 0;
     c->remaining = -1;
     c->in_len = c->ev_len = c->body_len = 0;
     c->id[0] = 0;
@@ -250,6 +251,7 @@ static int parse(conn_t *c, uint64_t t) {
                 if (strncasecmp(h, "content-length:", 15) == 0) c->remaining = strtol(h + 15, NULL, 10);
                 else if (strncasecmp(h, "transfer-encoding:", 18) == 0 && strcasestr(h, "chunked")) c->chunked = 1;
                 else if (strncasecmp(h, "retry-after", 11) == 0) c->retry_after = 1;
+                else if (strncasecmp(h, "connection:", 11) == 0 && strcasestr(h, "close")) c->server_close = 1;
             }
             off += (size_t)(end - p) + 4;
             c->state = c->chunked ? S_CHUNK_SIZE : S_BODY_LEN;
@@ -305,8 +307,12 @@ static void start_next(conn_t *c);
 
 static void conn_finish(conn_t *c, int reuse) {
     if (reuse && !g_once && g_rate == 0) {
-        if (now_ns() < g_window_end) send_request(c);
-        else {
+        if (now_ns() < g_window_end && !c->server_close) send_request(c);
+        else if (now_ns() < g_window_end) {
+            epoll_ctl(g_epfd, EPOLL_CTL_DEL, c->fd, NULL);
+            close(c->fd);
+            open_conn(c);
+        } else {
             epoll_ctl(g_epfd, EPOLL_CTL_DEL, c->fd, NULL);
             close(c->fd);
             c->fd = -1;

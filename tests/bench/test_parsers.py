@@ -175,3 +175,14 @@ def test_analyse_disconnects_matches_aborts_closes_and_charges() -> None:
     text = overload.render({"disconnect_phase": out})
     assert "| /abort_request received for dropped streams | 1 of 2 |" in text
     assert "| completion tokens charged / delivered | 85 / 82 |" in text
+
+
+def test_runs_without_answers_give_no_figures() -> None:
+    empty = WRK_OUTPUT.replace("13918 requests in", "0 requests in")
+    assert rig.parse_wrk(empty)["p50_ms"] is None
+    out = rig.parse_loadgen(
+        '{"ok": 0, "errors": 0, "incomplete": 0, "status": {}, "rps": 0, "latency_ms": {"n": 0, "p50": 0, "p99": 0},'
+        ' "ttft_ms": {"n": 0, "p50": 0, "p99": 0}, "gap_ms": {"n": 3, "p50": 20.0, "p99": 21.0}}'
+    )
+    assert out["ttft_ms"]["p99"] is None
+    assert out["gap_ms"]["p99"] == 21.0
