@@ -49,7 +49,10 @@ BREAKER_LINE = re.compile(r"breaker open|-> open")
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {targets.ADMIN_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
         text: str = resp.read().decode()
         return text
 
