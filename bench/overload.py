@@ -49,7 +49,10 @@ BREAKER_LINE = re.compile(r"breaker open|-> open")
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {targets.ADMIN_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
         text: str = resp.read().decode()
         return text
 
@@ -79,6 +82,7 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
         "ok",
         "errors",
         "incomplete",
+        "unfinished",
         "refused",
         "started",
         "status",
@@ -243,8 +247,8 @@ def render(r: dict[str, Any]) -> str:
             f"| offered at 2x (open loop, new connection each) | {ov['offered_rps']:,.0f} req/s for "
             f"{ov['started']:,} requests |",
             f"| answers by status | {', '.join(f'{k}: {v:,}' for k, v in sorted(ov['status'].items()))} |",
-            f"| connect errors / cut short / not sent (client at its limit) | {ov['errors']:,} / "
-            f"{ov['incomplete']:,} / {ov['refused']:,} |",
+            f"| connect errors / cut short / unanswered 30 s after the run / not sent (client at its limit) | "
+            f"{ov['errors']:,} / {ov['incomplete']:,} / {ov.get('unfinished', 0):,} / {ov['refused']:,} |",
             f'| "{NO_HEALTHY}" answers | {ov["marked"]:,} |',
             f"| breaker openings logged during the run | {len(o['breaker_log_lines'])} |",
             f"| breaker state after (sum of gauges; 0 = all closed) | {_f(o['breaker_state_after'], 0)} |",

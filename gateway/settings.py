@@ -225,6 +225,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, gt=0, lt=65536, description="serve /metrics without auth on this port (keep it internal)"
     )
+    metrics_host: str = Field(default="0.0.0.0", description="the address metrics_port listens on")
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="completion budget when neither side names one")
     replica_id: str | None = Field(default=None, description="this replica's name in Redis; random if unset")

@@ -213,8 +213,9 @@ static void feed_body(conn_t *c, const char *p, size_t n, uint64_t t) {
 
 static void answer_done(conn_t *c, uint64_t t) {
     g_inflight--;
-    int counted = in_window(t); /* answers that end in the window: a throughput, whatever their start */
-    if (g_once) counted = 1;
+    /* closed loop: answers that end in the window (a throughput, whatever their start); open loop: every answer to a
+     * request sent in the window, however late it comes */
+    int counted = g_once || (g_rate > 0 ? in_window(c->t_start) : in_window(t));
     if (counted) {
         if (c->status > 0 && c->status < 600) g_status[c->status]++;
         double ms = (double)(t - c->t_start) / 1e6;
@@ -540,9 +541,10 @@ int main(int argc, char **argv) {
     double window_s = g_once ? (double)(t_end - t0) / 1e9 : duration;
     fclose(g_drops);
     fclose(g_streams);
-    printf("{\"ok\":%ld,\"errors\":%ld,\"incomplete\":%ld,\"refused\":%ld,\"started\":%ld,\"window_s\":%.3f,"
+    printf("{\"ok\":%ld,\"errors\":%ld,\"incomplete\":%ld,\"unfinished\":%ld,\"refused\":%ld,\"started\":%ld,"
+           "\"window_s\":%.3f,"
            "\"rps\":%.2f,\"content_events\":%ld,\"retry_after\":%ld,\"marked\":%ld,\"status\":{",
-           g_ok, g_errors, g_incomplete, refused, g_started, window_s, (double)g_ok / window_s, g_content_events,
+           g_ok, g_errors, g_incomplete, g_rate > 0 || g_once ? g_inflight : 0, refused, g_started, window_s, (double)g_ok / window_s, g_content_events,
            g_retry_after, g_marked);
     int first = 1;
     for (int s = 0; s < 600; s++)
