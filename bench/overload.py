@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import rig
 import targets
 from rig import (
     REPO,
@@ -303,7 +304,7 @@ def main() -> int:
     helpers = build_helpers(Path(args.cache_dir).resolve())
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([rig.shown_python(), *sys.argv]),
         "commit": git_commit(),
         "machine": machine(),
         "quiet": wait_quiet(args.wait_quiet),
