@@ -206,7 +206,7 @@ def analyse_disconnects(raw: dict[str, Any], stats: dict[str, Any], records: dic
     return {
         "streams": len(raw["streams"]),
         "dropped": len(raw["drops"]),
-        "completed": sum(1 for s in raw["streams"] if s[3]),
+        "completed": sum(1 for s in raw["streams"] if s[3] and s[4] == 200),
         "status": raw["status"],
         "aborts_received": len(abort_ms),
         "drops_without_abort": missing,
@@ -273,6 +273,8 @@ def render(r: dict[str, Any]) -> str:
             "| disconnects | measured |",
             "|---|---:|",
             f"| streams / dropped by the client / completed | {d['streams']} / {d['dropped']} / {d['completed']} |",
+            f"| status of the answers that ended (dropped streams not counted) | "
+            f"{', '.join(f'{k}: {v:,}' for k, v in sorted(d['status'].items()))} |",
             f"| /abort_request received for dropped streams | {d['aborts_received']} of {d['dropped']} |",
             f"| close -> /abort_request p50 / p99 / max | {_f(a['p50'], 2)} / {_f(a['p99'], 2)} / "
             f"{_f(a['max'], 2)} ms |",
