@@ -213,9 +213,9 @@ static void feed_body(conn_t *c, const char *p, size_t n, uint64_t t) {
 
 static void answer_done(conn_t *c, uint64_t t) {
     g_inflight--;
-    /* closed loop: answers that end in the window (a throughput, whatever their start); open loop: every answer to a
-     * request sent in the window, however late it comes */
-    int counted = g_once || (g_rate > 0 ? in_window(c->t_start) : in_window(t));
+    /* closed loop: answers that end in the window (a throughput, whatever their start); open loop: every answer (all
+     * arrivals fall in the window), however late it comes */
+    int counted = g_once || g_rate > 0 || in_window(t);
     if (counted) {
         if (c->status > 0 && c->status < 600) g_status[c->status]++;
         double ms = (double)(t - c->t_start) / 1e6;
