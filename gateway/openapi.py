@@ -123,10 +123,12 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas = components["schemas"]
     openai_error = _add_schema(schemas, OpenAIError)
     anthropic_error = _add_schema(schemas, AnthropicError)
-    components["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
-        "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "Anthropic clients"},
-    }
+    components.setdefault("securitySchemes", {}).update(
+        {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+            "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "Anthropic clients"},
+        }
+    )
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
             body_model = REQUEST_BODIES.get((method, path))
@@ -136,7 +138,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             if path in PUBLIC_PATHS:
                 operation["security"] = []
                 continue
-            operation["security"] = [{"bearer": []}, {"x-api-key": []}]
+            # A route that declares its own scheme (the admin API's key) keeps it; the rest take a tenant's key.
+            operation.setdefault("security", [{"bearer": []}, {"x-api-key": []}])
             error = anthropic_error if path.startswith("/v1/messages") else openai_error
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)  # FastAPI's validation status: the gateway answers 400
