@@ -180,6 +180,7 @@ def _loadgen_summary(raw: dict[str, Any]) -> dict[str, Any]:
         "rps",
         "window_s",
         "content_events",
+        "tokens",
         "latency_ms",
         "ttft_ms",
         "gap_ms",

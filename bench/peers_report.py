@@ -64,6 +64,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Callable[[str], str]]]:
             _num(_get(r, "targets", n, "paced256", "gap_ms", "p99")),
         )
 
+    def load(n: str) -> str:
+        start, end = _get(r, "targets", n, "loadavg_start"), _get(r, "targets", n, "loadavg_end")
+        return _pair(_num(start[0] if start else None), _num(end[0] if end else None))
+
     def errors(n: str) -> str:
         t = _get(r, "targets", n)
         if not isinstance(t, dict):
@@ -112,6 +116,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Callable[[str], str]]]:
             lambda n: _num(added(r, n, "paced256", "gap_ms", "p99"), signed=True),
         ),
         ("answers not 200 or cut short (all runs)", errors),
+        ("1-min load average before / after this target's runs", load),
     ]
 
 

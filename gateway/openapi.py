@@ -109,9 +109,6 @@ def _hoist_defs(node: Any, schemas: dict[str, Any]) -> Any:
     return node
 
 
-ADMIN_SCHEME = "AdminKey"  # /admin/v1/* and /metrics take an admin key, never a tenant's
-
-
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The document for `app`, built once and cached on it (FastAPI's own convention)."""
     if app.openapi_schema is not None:
@@ -126,11 +123,12 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas = components["schemas"]
     openai_error = _add_schema(schemas, OpenAIError)
     anthropic_error = _add_schema(schemas, AnthropicError)
-    components["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
-        "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "Anthropic clients"},
-        ADMIN_SCHEME: {"type": "http", "scheme": "bearer", "description": "An admin key (`admin.api_keys`, hashed)"},
-    }
+    components.setdefault("securitySchemes", {}).update(
+        {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+            "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "Anthropic clients"},
+        }
+    )
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
             body_model = REQUEST_BODIES.get((method, path))
@@ -140,8 +138,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             if path in PUBLIC_PATHS:
                 operation["security"] = []
                 continue
-            admin_only = path.startswith("/admin/") or path == "/metrics"
-            operation["security"] = [{ADMIN_SCHEME: []}] if admin_only else [{"bearer": []}, {"x-api-key": []}]
+            # A route that declares its own scheme (the admin API's key) keeps it; the rest take a tenant's key.
+            operation.setdefault("security", [{"bearer": []}, {"x-api-key": []}])
             error = anthropic_error if path.startswith("/v1/messages") else openai_error
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)  # FastAPI's validation status: the gateway answers 400
