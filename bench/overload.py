@@ -149,6 +149,13 @@ def overload_phase(up: Upstream, helpers: dict[str, Path], workdir: Path, args: 
 
 def disconnect_phase(up: Upstream, helpers: dict[str, Path], workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     body = chat_body(args.stream_chunks, True)
+    # The rig's floor first: the same drops straight at the upstream, which logs each close it sees.
+    up.pace(20)
+    up.reset()
+    print(f"  direct: {args.streams} streams, every second one dropped after 10-25 chunks", flush=True)
+    direct = run_loadgen(helpers, up.port, body, workdir, conns=args.streams, once=True, drop_every=2, drop_after=10)
+    time.sleep(1)  # the last closes still on their way
+    floor = analyse_disconnects(direct, up.stats(), {})["upstream_close_latency_ms"]
     with targets.sparsegate(up, workdir, log_level="info", name="sparsegate-disconnect") as gw:
         up.pace(20)
         up.reset()
@@ -173,7 +180,9 @@ def disconnect_phase(up: Upstream, helpers: dict[str, Path], workdir: Path, args
             if line.startswith("{") and '"event":"request"' in line:
                 rec = json.loads(line)
                 records[rec.get("request_id")] = rec
-    return analyse_disconnects(raw, stats, records)
+    out = analyse_disconnects(raw, stats, records)
+    out["direct_close_latency_ms"] = floor
+    return out
 
 
 def analyse_disconnects(raw: dict[str, Any], stats: dict[str, Any], records: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +277,7 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"\nDisconnect phase failed: {d['failed']}")
     elif d:
         a, c = d["abort_latency_ms"], d["upstream_close_latency_ms"]
+        floor = d.get("direct_close_latency_ms") or {}
         lines += [
             "",
             "| disconnects | measured |",
@@ -279,6 +289,8 @@ def render(r: dict[str, Any]) -> str:
             f"| close -> /abort_request p50 / p99 / max | {_f(a['p50'], 2)} / {_f(a['p99'], 2)} / "
             f"{_f(a['max'], 2)} ms |",
             f"| close -> upstream connection closed p50 / p99 (n) | {_f(c['p50'], 2)} / {_f(c['p99'], 2)} ({c['n']}) |",
+            f"| the rig's floor: close -> upstream saw it, no gateway, p50 / p99 (n) | "
+            f"{_f(floor.get('p50'), 2)} / {_f(floor.get('p99'), 2)} ({floor.get('n')}) |",
             f"| completion tokens charged / delivered | {d['charged_tokens']:,} / {d['delivered_tokens']:,} |",
             f"| streams charged more than delivered (max, total excess) | {d['overcharged_streams']} "
             f"({d['overcharge_max']}, {d['overcharge_total']}) |",
