@@ -18,10 +18,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sparsegate.gateway.admin.routes import admin_api
+from sparsegate.gateway.admin.service import Admin
+from sparsegate.gateway.admin.store import build_store
 from sparsegate.gateway.auth import KeyStore
 from sparsegate.gateway.errors import GatewayError, handle_exception
+from sparsegate.gateway.ledger.service import Ledger, build_sink
 from sparsegate.gateway.limits import build_limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing, provider_from_settings
+from sparsegate.gateway.observability.logs import request_id_var
+from sparsegate.gateway.openapi import install_openapi
 from sparsegate.gateway.pipeline import request_id_of
 from sparsegate.gateway.record import Observer
 from sparsegate.gateway.relay import Services
@@ -49,6 +55,7 @@ class RequestIdMiddleware:
 
         request_id = request_id_of(Request(scope))
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)  # every log line of this request carries it (observability/logs.py)
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -81,11 +88,12 @@ def create_app(
             limiter = build_limiter(settings, replica_id=settings.replica_id or f"gw-{uuid.uuid4().hex[:12]}")
             metrics = GatewayMetrics(lambda: router.workers())
             tracing = Tracing(tracer_provider if tracer_provider is not None else provider_from_settings(settings))
+            ledger = build_ledger(settings)
             services = Services(
                 router=router,
                 upstream=Upstream(client, settings.timeouts),
                 limiter=limiter,
-                observer=Observers([metrics, tracing, RequestLog(), *(observers or [])]),
+                observer=Observers([metrics, tracing, RequestLog(), *([ledger] if ledger else []), *(observers or [])]),
                 timeouts=settings.timeouts,
                 retries=settings.retries,
             )
@@ -100,15 +108,36 @@ def create_app(
                 metrics=metrics,
             )
             app.state.gateway = state
+            app.state.admin = admin = Admin(
+                store=build_store(
+                    settings.effective_redis_url,
+                    prefix=settings.limiter.key_prefix,
+                    state_file=settings.admin.state_file,
+                    interval_s=settings.admin.sync_interval_s,
+                ),
+                keys=state.keys,
+                admin_hashes=lambda: {k.get_secret_value() for k in state.settings.admin.api_keys},
+                ledger=ledger,
+            )
+            if ledger is not None:
+                await ledger.start()
             await limiter.start()
             await router.start()
+            await admin.start()
             remove_reload = _install_reload(state, config_path)
+            stop_metrics = (
+                metrics.serve(settings.metrics_host, settings.metrics_port) if settings.metrics_port else lambda: None
+            )
             try:
                 yield
             finally:
+                stop_metrics()
                 remove_reload()
+                await admin.close()
                 await router.close()
                 await limiter.close()
+                if ledger is not None:
+                    await ledger.close()
                 tracing.shutdown()
 
     app = FastAPI(
@@ -121,8 +150,17 @@ def create_app(
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_exception)
     app.include_router(api)
+    install_openapi(app)
+    app.include_router(admin_api)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def build_ledger(settings: Settings) -> Ledger | None:
+    if not settings.ledger.enabled:
+        return None
+    sink = build_sink(settings.ledger, settings.effective_redis_url, settings.limiter.key_prefix)
+    return Ledger(sink, dict(settings.ledger.prices))
 
 
 def _install_reload(state: GatewayState, config_path: Path | None) -> Callable[[], None]:

@@ -11,12 +11,15 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     ├── ModelNotAllowed               403 code=model_not_allowed
     ├── ModelNotFound                 404 code=model_not_found
     ├── RouteNotFound                 404 / 405 (unknown path or method)
+    ├── ResourceNotFound              404 an admin API tenant or key that does not exist
     ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
+    │   └── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
     ├── UpstreamError                 502 server_error
     │   ├── UpstreamUnavailable       502 connect error, reset, bad upstream response
     │   └── UpstreamTimeout           504
     ├── NoHealthyWorker               503 (with retry-after)
     ├── LimiterUnavailable            503 the limiter is down and the tenant's policy is fail_closed
+    ├── AdminStoreUnavailable         503 the admin state could not be saved (nothing changed)
     └── InternalError                 500 a gateway bug; never for bad input
 
 A dependency's own exceptions (httpx, redis) are translated at one boundary each: `upstream.py` for httpx and
@@ -26,12 +29,22 @@ A dependency's own exceptions (httpx, redis) are translated at one boundary each
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, ClassVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# A URL in a message is an internal host (a worker, Redis): operators see it in the logs, clients never do.
+_INTERNAL_URL = re.compile(r"\s*\b(?:https?|redis|rediss|unix)://[^\s,;)]*?(?=[.,;:)]?(?:\s|$))")
+
+
+def client_message(message: str) -> str:
+    """The message as a client may read it: without internal host names (`worker http://10.0.0.5:30000 failed`
+    becomes `worker failed`). Every client-facing error body goes through `envelope`, hence through here."""
+    return _INTERNAL_URL.sub("", message)
 
 
 class GatewayError(Exception):
@@ -66,7 +79,7 @@ class GatewayError(Exception):
     def envelope(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": self.message,
+                "message": client_message(self.message),
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.error_code,
@@ -145,6 +158,12 @@ class RouteNotFound(GatewayError):
         return self._status
 
 
+class ResourceNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class RateLimited(GatewayError):
     """A tenant limit was hit. `kind` is the OpenAI type: "requests" or "tokens" (concurrency counts as requests)."""
 
@@ -182,6 +201,17 @@ class RateLimited(GatewayError):
         return out
 
 
+class QuotaExceeded(RateLimited):
+    """A token budget (per day or month) is spent: OpenAI's `insufficient_quota`. Retrying before the reset cannot
+    help, so the SDK is told not to (`x-should-retry: false`); `retry-after` is not sent."""
+
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, *, rate_headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, kind="insufficient_quota", retry_after_s=None, can_ever_fit=False,
+                         rate_headers=rate_headers)  # fmt: skip
+
+
 class UpstreamError(GatewayError):
     """The worker failed. `retriable` marks failures that happened before the worker took the request
     (connect errors, 503 from a full or draining worker), which are safe to send to another worker."""
@@ -213,6 +243,13 @@ class NoHealthyWorker(GatewayError):
 
 
 class LimiterUnavailable(GatewayError):
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
+class AdminStoreUnavailable(GatewayError):
     status = 503
 
     def headers(self) -> dict[str, str]:

@@ -82,8 +82,9 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
     request.state.record = record
 
     with record.trace.stage("auth"):
-        tenant = state.keys.authenticate(request.headers)
-    record.tenant = tenant.name
+        identity = state.keys.identify(request.headers)
+    tenant = identity.tenant
+    record.tenant, record.key_id = tenant.name, identity.key_id
 
     # parse
     data = await read_json_body(request, state.settings.max_request_bytes)
@@ -101,8 +102,8 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
     tools = body.tools if isinstance(body, ChatCompletionRequest) else None
     with record.trace.stage("routing"):  # plan: visibility, token count, pool
         router.check_model(tenant, body.model)
-        prompt_tokens = await router.count_prompt_tokens_async(
-            body.model, messages=messages, prompt=prompt, tools=tools
+        prompt_tokens = await router.count_for_plan(
+            tenant, body.model, requested, messages=messages, prompt=prompt, tools=tools
         )
         plan = router.plan(tenant, body.model, prompt_tokens, requested)
     record.pool, record.prompt_tokens = plan.pool.name, prompt_tokens
@@ -117,6 +118,9 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
         tokens=prompt_tokens + plan.completion_budget * body.n,
         request_id=record.request_id,
         on_failure=tenant.on_limiter_failure,
+        budgets=tenant.budgets,
+        key_id=identity.key_id,
+        key_budgets=identity.key_budgets,
     )
     try:
         with record.trace.stage("admission"):

@@ -63,7 +63,7 @@ class GatewayState:
     def reload(self, settings: Settings) -> None:
         """Swap tenants and pools in place; requests in flight keep the objects they already hold."""
         self.router.reload(settings)
-        self.keys = KeyStore(settings)
+        self.keys.reseed(settings)  # what the admin API set still overrides the new seed
         self.settings = settings
 
 
