@@ -175,11 +175,16 @@ def serve_supports_workers() -> bool:
     return "--workers" in done.stdout
 
 
+# /metrics on the API port needs an admin key (issue 12); the bench scrapes with this one.
+ADMIN_KEY = "sk-bench-admin-0123456789abcdef"
+
+
 def gateway_config(worker_url: str, redis_url: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     # Limits far above what the bench sends: admission runs (as in production) but never refuses.
     limits = {"rpm": 10**9, "tpm": 10**12, "max_concurrent": 10**6}
     config: dict[str, Any] = {
         "tenants": [{"name": "bench", "api_keys": [hash_key(KEY)], "models": ["*"], "limits": limits}],
+        "admin": {"api_keys": [hash_key(ADMIN_KEY)]},
         "pools": [
             {"name": "p", "model": MODEL, "max_context": 32768, "workers": [worker_url], "policy": "power_of_two"}
         ],

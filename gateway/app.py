@@ -26,6 +26,8 @@ from sparsegate.gateway.errors import GatewayError, handle_exception
 from sparsegate.gateway.ledger.service import Ledger, build_sink
 from sparsegate.gateway.limits import build_limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing, provider_from_settings
+from sparsegate.gateway.observability.logs import request_id_var
+from sparsegate.gateway.openapi import install_openapi
 from sparsegate.gateway.pipeline import request_id_of
 from sparsegate.gateway.record import Observer
 from sparsegate.gateway.relay import Services
@@ -53,6 +55,7 @@ class RequestIdMiddleware:
 
         request_id = request_id_of(Request(scope))
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)  # every log line of this request carries it (observability/logs.py)
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -122,9 +125,13 @@ def create_app(
             await router.start()
             await admin.start()
             remove_reload = _install_reload(state, config_path)
+            stop_metrics = (
+                metrics.serve(settings.metrics_host, settings.metrics_port) if settings.metrics_port else lambda: None
+            )
             try:
                 yield
             finally:
+                stop_metrics()
                 remove_reload()
                 await admin.close()
                 await router.close()
@@ -143,6 +150,7 @@ def create_app(
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_exception)
     app.include_router(api)
+    install_openapi(app)
     app.include_router(admin_api)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -102,8 +102,8 @@ async def serve_generation(request: Request, state: GatewayState, endpoint: str)
     tools = body.tools if isinstance(body, ChatCompletionRequest) else None
     with record.trace.stage("routing"):  # plan: visibility, token count, pool
         router.check_model(tenant, body.model)
-        prompt_tokens = await router.count_prompt_tokens_async(
-            body.model, messages=messages, prompt=prompt, tools=tools
+        prompt_tokens = await router.count_for_plan(
+            tenant, body.model, requested, messages=messages, prompt=prompt, tools=tools
         )
         plan = router.plan(tenant, body.model, prompt_tokens, requested)
     record.pool, record.prompt_tokens = plan.pool.name, prompt_tokens

@@ -69,9 +69,11 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model")
 
 
-@api.get("/metrics", tags=["health"], include_in_schema=False)
+@api.get("/metrics", tags=["admin"], openapi_extra={"security": [{"AdminKey": []}]})
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; labels are bounded by the config (tenant, model, pool, worker)."""
+    """Prometheus text format, for an admin key only: the series name every tenant and worker. Prometheus scrapes
+    `metrics_port` instead (no auth, keep it internal), or sends an admin key as its bearer token."""
+    request.app.state.admin.check_admin(request.headers)
     return Response(gateway_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

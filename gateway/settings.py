@@ -146,6 +146,14 @@ class RetrySettings(_Section):
     max_attempts: int = Field(default=3, ge=1, description="attempts per request, before the first byte only")
 
 
+class ResponsesSettings(_Section):
+    """Where stored OpenAI responses live (gateway/responses_store.py)."""
+
+    ttl_s: float = Field(default=86400.0, gt=0, description="how long the gateway remembers a response's worker")
+    max_entries: int = Field(default=100_000, gt=0, description="entries kept in memory (per replica)")
+    redis_deadline_s: float = Field(default=0.1, gt=0, description="longest a lookup waits for Redis")
+
+
 class TelemetrySettings(_Section):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint; the OTEL_* variables also work")
     service_name: str = "sparsegate-gateway"
@@ -211,11 +219,13 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     retries: RetrySettings = RetrySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    responses: ResponsesSettings = ResponsesSettings()
     admin: AdminSettings = AdminSettings()
     ledger: LedgerSettings = LedgerSettings()
     metrics_port: int | None = Field(
         default=None, gt=0, lt=65536, description="serve /metrics without auth on this port (keep it internal)"
     )
+    metrics_host: str = Field(default="0.0.0.0", description="the address metrics_port listens on")
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="completion budget when neither side names one")
     replica_id: str | None = Field(default=None, description="this replica's name in Redis; random if unset")

@@ -186,3 +186,24 @@ def test_runs_without_answers_give_no_figures() -> None:
     )
     assert out["ttft_ms"]["p99"] is None
     assert out["gap_ms"]["p99"] == 21.0
+
+
+def test_overload_report_states_shedding_and_the_ttft_ratio() -> None:
+    def run(status: dict[str, int], ttft99: float, **extra: object) -> dict[str, object]:
+        return {"ok": status.get("200", 0), "errors": 0, "incomplete": 0, "unfinished": 0, "refused": 0,
+                "started": sum(status.values()), "status": status, "rps": 100.0, "retry_after": status.get("503", 0),
+                "marked": 0, "latency_ms": _series(5, 9), "ttft_ms": _series(2, ttft99),
+                "non200_latency_ms": _series(0.8, 3.5), **extra}  # fmt: skip
+
+    phase = {
+        "unloaded": run({"200": 100}, 10.0),
+        "saturation": run({"200": 500}, 50.0),
+        "overload": run({"200": 1000, "503": 1000}, 18.0, offered_rps=200.0),
+        "breaker_log_lines": [],
+        "breaker_state_after": 0.0,
+    }
+    text = overload.render({"overload_phase": phase})
+    assert "| answers by status | 200: 1,000, 503: 1,000 |" in text
+    assert "| 503s with retry-after | 1,000 of 1,000 |" in text
+    assert "| admitted p99 TTFT / unloaded p99 TTFT | 1.80x |" in text
+    assert "| breaker openings logged during the run | 0 |" in text

@@ -24,6 +24,7 @@ from sparsegate.gateway.settings import hash_api_key
 MODEL = "glm-5.1"
 KEY_ACME = "sk-acme-0123456789abcdef"
 KEY_BETA = "sk-beta-0123456789abcdef"
+ADMIN_KEY = "sk-admin-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -161,6 +162,12 @@ class Gateway:
         self.write_config(config)
         assert self.proc is not None
         self.proc.send_signal(signal.SIGHUP)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no settling, no flushing; what was not on disk or in Redis is gone."""
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGKILL)
+            self.proc = None
 
     def stop(self) -> str:
         """Stop the gateway and return everything it printed (its request log included)."""
