@@ -7,9 +7,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
 from sparsegate.gateway.settings import ConfigError, hash_api_key, load_settings
 
@@ -29,13 +29,33 @@ def _serve(args: argparse.Namespace) -> int:
     # httpx logs every probe and poll at INFO; the request log already says what matters.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.workers < 1:
+        print("sparsegate: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.config is None:
+        print(
+            "sparsegate: --workers > 1 needs a config with redis_url: the embedded demo uses the in-memory limiter",
+            file=sys.stderr,
+        )
+        return 2
     if args.config is not None:
         try:
             settings = load_settings(args.config)
         except ConfigError as exc:
             print(f"sparsegate: {exc}", file=sys.stderr)
             return 2
-        app = create_app(settings, config_path=args.config)
+        if args.workers > 1:
+            if settings.effective_redis_url is None:
+                print(
+                    f"sparsegate: --workers {args.workers} needs redis_url: the in-memory limiter lives in one "
+                    f"process, so {args.workers} processes would each admit the full limits",
+                    file=sys.stderr,
+                )
+                return 2
+            from sparsegate.gateway.supervisor import Supervisor
+
+            return Supervisor(_child_argv(args), args.workers).run()
+        app = create_app(settings, config_path=args.config, metrics_dir=args.metrics_dir)
         print(f"sparsegate: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
         _run(app, args)
         return 0
@@ -58,17 +78,34 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(app: FastAPI, args: argparse.Namespace) -> None:
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of one supervised gateway process: the same serve, on a shared port."""
+    argv = ["serve", "--config", str(args.config), "--host", args.host, "--port", str(args.port)]
+    argv += ["--log-level", args.log_level, "--graceful-timeout", str(args.graceful_timeout), "--loop", args.loop]
+    return [*argv, "--reuse-port"]
+
+
+def _run(app: Any, args: argparse.Namespace) -> None:
     # On SIGTERM, streams in flight get `--graceful-timeout` seconds to finish; then they are cancelled, which
-    # aborts them on their workers and settles their limits like any disconnect.
-    uvicorn.run(
+    # aborts them on their workers and settles their limits like any disconnect. `workers=1` is explicit so that a
+    # WEB_CONCURRENCY in the environment cannot make uvicorn ask for an import string (it exits with code 3).
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=args.graceful_timeout,
+        loop=args.loop,
+        workers=1,
     )
+    server = uvicorn.Server(config)
+    if args.reuse_port:
+        from sparsegate.gateway.supervisor import reuse_port_socket
+
+        server.run(sockets=[reuse_port_socket(args.host, args.port)])
+    else:
+        server.run()
 
 
 def _hash_key(args: argparse.Namespace) -> int:
@@ -95,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds streams get to finish on SIGTERM")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="gateway processes on the port (SO_REUSEPORT); > 1 needs redis_url"
+    )
+    serve.add_argument(
+        "--loop", default="auto", choices=["auto", "uvloop", "asyncio"], help="event loop (auto: uvloop)"
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
+    serve.add_argument("--metrics-dir", default=None, help=argparse.SUPPRESS)  # set by the supervisor
     serve.set_defaults(func=_serve)
     sub.add_parser("sim", help="run one simulated SGLang worker (see `sparsegate sim --help`)")
     hk = sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key for the config")

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 
-from sparsegate.gateway.errors import GatewayError, ModelNotFound
-from sparsegate.gateway.pipeline import serve_generation
+from sparsegate.gateway.errors import ModelNotFound
+from sparsegate.gateway.pipeline import serve
 from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.state import GatewayState, gateway_state
 
 api = APIRouter()
@@ -22,17 +22,22 @@ def _body_schema(model: type[ChatCompletionRequest] | type[CompletionRequest]) -
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
+class _Pipeline(Response):
+    """Hands the raw ASGI exchange to the pipeline. The gateway's dispatcher (app.py) serves these routes before
+    FastAPI sees them; this path documents them in OpenAPI and serves them when the FastAPI app runs alone."""
+
+    def __init__(self, state: GatewayState, endpoint: str) -> None:
+        self.status_code = 200
+        self.background = None
+        self._state = state
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve(self._state, scope, receive, send, self._endpoint)
+
+
 async def _generate(request: Request, endpoint: str) -> Response:
-    state = gateway_state(request)
-    try:
-        return await serve_generation(request, state, endpoint)
-    except GatewayError as exc:
-        # Refused before the relay took over: the relay reports its own requests; these are reported here.
-        record = getattr(request.state, "record", None)
-        if isinstance(record, RequestRecord):
-            record.status, record.outcome, record.error_type = exc.status_code, "error", type(exc).__name__
-            state.observer.on_finish(record)
-        raise
+    return _Pipeline(gateway_state(request), endpoint)
 
 
 @api.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest), tags=["openai"])
@@ -48,7 +53,7 @@ async def create_completion(request: Request) -> Response:
 
 
 def _cards(state: GatewayState, request: Request) -> list[ModelCard]:
-    tenant = state.keys.authenticate(request.headers)
+    tenant = state.snapshot.keys.authenticate(request.headers)
     return [
         ModelCard(id=m.id, created=state.started_at, max_model_len=m.max_context)
         for m in state.router.list_models(tenant)

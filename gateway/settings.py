@@ -132,6 +132,13 @@ class RetrySettings(_Section):
     max_attempts: int = Field(default=3, ge=1, description="attempts per request, before the first byte only")
 
 
+class OverloadSettings(_Section):
+    """Per-process bounds beyond which new requests are shed (503 with retry-after) before admission."""
+
+    max_in_flight: int = Field(default=1024, gt=0, description="requests served at once by one process")
+    max_loop_lag_ms: float = Field(default=200.0, gt=0, description="shed new requests while the loop lags this much")
+
+
 class TelemetrySettings(_Section):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint; the OTEL_* variables also work")
     service_name: str = "sparsegate-gateway"
@@ -153,6 +160,7 @@ class Settings(BaseSettings):
     timeouts: Timeouts = Timeouts()
     health: HealthSettings = HealthSettings()
     retries: RetrySettings = RetrySettings()
+    overload: OverloadSettings = OverloadSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="completion budget when neither side names one")

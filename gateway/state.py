@@ -1,22 +1,33 @@
-"""The gateway's long-lived state, built once in the lifespan and handed to handlers through `app.state`."""
+"""The gateway's long-lived state: one settings `Snapshot` that a reload swaps whole, and the collaborators.
+
+A request reads `state.snapshot` once and keeps it, so it sees one consistent configuration from auth to settle.
+Fields that only a restart can change (the limiter's backend, the replica's identity, telemetry) are refused by
+name on reload, with a log line; the running configuration then stays as it was.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
 from sparsegate.gateway.auth import KeyStore
 from sparsegate.gateway.limits.base import Limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing
+from sparsegate.gateway.overload import LoopMonitor, Shedder
 from sparsegate.gateway.record import Observer, RequestRecord
-from sparsegate.gateway.relay import Services
 from sparsegate.gateway.routing import Router
-from sparsegate.gateway.settings import Settings
+from sparsegate.gateway.settings import ConfigError, RetrySettings, Settings, Timeouts
+from sparsegate.gateway.upstream import UpstreamClient
 
 log = logging.getLogger("sparsegate.state")
+
+# Settings a running process cannot take on: the limiter and its connection, who this replica is, telemetry.
+RESTART_FIELDS = ("redis_url", "limiter", "replica_id", "telemetry", "otel_exporter_otlp_endpoint")
 
 
 class Observers(Observer):
@@ -45,26 +56,67 @@ class Observers(Observer):
         self._each(lambda obs: obs.on_finish(record))
 
 
-@dataclass
-class GatewayState:
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The settings and everything derived from them that a request uses; swapped whole on reload."""
+
     settings: Settings
     keys: KeyStore
+    timeouts: Timeouts
+    retries: RetrySettings
+    max_request_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Snapshot:
+        return cls(
+            settings=settings,
+            keys=KeyStore(settings),
+            timeouts=settings.timeouts,
+            retries=settings.retries,
+            max_request_bytes=settings.max_request_bytes,
+        )
+
+
+def restart_fields(old: Settings, new: Settings) -> list[str]:
+    return [name for name in RESTART_FIELDS if getattr(old, name) != getattr(new, name)]
+
+
+@dataclass
+class GatewayState:
+    snapshot: Snapshot
     router: Router
     limiter: Limiter
-    services: Services
-    started_at: int
-    tracing: Tracing
+    upstream: UpstreamClient
+    observer: Observer
     metrics: GatewayMetrics
+    tracing: Tracing
+    monitor: LoopMonitor
+    shedder: Shedder
+    started_at: int
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
-    def observer(self) -> Observer:
-        return self.services.observer
+    def settings(self) -> Settings:
+        return self.snapshot.settings
 
     def reload(self, settings: Settings) -> None:
-        """Swap tenants and pools in place; requests in flight keep the objects they already hold."""
-        self.router.reload(settings)
-        self.keys = KeyStore(settings)
-        self.settings = settings
+        """Swap tenants, pools, timeouts, retries and bounds; requests in flight keep the snapshot they hold.
+
+        Raises `ConfigError` (changing nothing) for fields that need a restart or an unloadable tokenizer."""
+        changed = restart_fields(self.snapshot.settings, settings)
+        if changed:
+            raise ConfigError(f"these settings need a restart and were not applied: {', '.join(changed)}")
+        snapshot = Snapshot.of(settings)
+        self.router.reload(settings)  # raises ConfigError before changing anything
+        self.shedder.max_in_flight = settings.overload.max_in_flight
+        self.shedder.max_loop_lag_s = settings.overload.max_loop_lag_ms / 1000
+        self.snapshot = snapshot
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in the background (worker aborts), holding a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -48,7 +48,11 @@ class _BreakerCollector(Collector):
 class GatewayMetrics(Observer):
     """An observer that turns request records into Prometheus series."""
 
-    def __init__(self, workers: Callable[[], Iterable[Worker]]) -> None:
+    def __init__(self, workers: Callable[[], Iterable[Worker]], *, multiprocess_dir: str | None = None) -> None:
+        # With several processes on one port (supervisor.py), prometheus_client keeps each process's values in
+        # `multiprocess_dir` and a scrape of any process reads all of them.
+        self._multiprocess_dir = multiprocess_dir
+        self._workers = workers
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -88,13 +92,19 @@ class GatewayMetrics(Observer):
             ["tenant", "outcome"], registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(
-            "sparsegate_requests_in_flight", "Admitted requests not yet settled.", ["tenant"], registry=r
-        )
+            "sparsegate_requests_in_flight", "Admitted requests not yet settled.", ["tenant"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         r.register(_BreakerCollector(workers))
         self._last_chunk: dict[int, float] = {}
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(_BreakerCollector(self._workers))  # this process's view of the workers' breakers
+        return generate_latest(merged)
 
     # -- observer ---------------------------------------------------------------------------------------------------
 
