@@ -1,6 +1,6 @@
 """The gateway as an ASGI application, built from settings, with every client created in the lifespan.
 
-Two layers: a thin dispatcher serves the generation routes (`POST /v1/chat/completions`, `POST /v1/completions`)
+Two layers: a thin dispatcher (`Gateway.__call__`) serves the generation routes (`POST /v1/chat/completions`, `POST /v1/completions`)
 straight on ASGI through `pipeline.serve`, with no framework objects or middleware on the hot path; everything else
 (models, health, metrics, /docs and OpenAPI) is FastAPI's.
 """
@@ -22,11 +22,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sparsegate.gateway.admin.routes import admin_api
+from sparsegate.gateway.admin.service import Admin
+from sparsegate.gateway.admin.store import build_store
+from sparsegate.gateway.auth import KeyStore
 from sparsegate.gateway.context import mint_id
 from sparsegate.gateway.errors import GatewayError, handle_exception
 from sparsegate.gateway.intake import request_id_of
+from sparsegate.gateway.ledger.service import Ledger, build_sink
 from sparsegate.gateway.limits import build_limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing, provider_from_settings
+from sparsegate.gateway.observability.logs import request_id_var
 from sparsegate.gateway.overload import LoopMonitor, Shedder
 from sparsegate.gateway.pipeline import ENDPOINTS, serve
 from sparsegate.gateway.record import Observer
@@ -42,19 +48,16 @@ from sparsegate.gateway.wire import header_map
 log = logging.getLogger("sparsegate.app")
 
 
-class Gateway:
-    """The ASGI entry point: generation requests go to the pipeline, everything else to FastAPI."""
-
-    def __init__(self, api_app: FastAPI) -> None:
-        self.api = api_app
+class Gateway(FastAPI):
+    """The FastAPI app, with the generation routes dispatched to the pipeline before its middleware and routing."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             endpoint = ENDPOINTS.get(scope["path"])
             if endpoint is not None:
-                await serve(self.api.state.gateway, scope, receive, send, endpoint)
+                await serve(self.state.gateway, scope, receive, send, endpoint)
                 return
-        await self.api(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 class RequestIdMiddleware:
@@ -69,6 +72,7 @@ class RequestIdMiddleware:
             return
         request_id = request_id_of(header_map(scope))
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)  # every log line of this request carries it (observability/logs.py)
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -108,12 +112,15 @@ def create_app(
             upstream: UpstreamClient = HttpxUpstream(
                 client, connect_s=settings.timeouts.connect_s, abort_s=settings.timeouts.abort_s
             )
+            ledger = build_ledger(settings)
+            observer = Observers([metrics, tracing, RequestLog(), *([ledger] if ledger else []), *(observers or [])])
             state = GatewayState(
                 snapshot=Snapshot.of(settings),
+                keys=KeyStore(settings),
                 router=router,
                 limiter=limiter,
                 upstream=upstream,
-                observer=Observers([metrics, tracing, RequestLog(), *(observers or [])]),
+                observer=observer,
                 metrics=metrics,
                 tracing=tracing,
                 monitor=monitor,
@@ -126,20 +133,41 @@ def create_app(
             )
             app.state.gateway = state
             monitor.start()
+            app.state.admin = admin = Admin(
+                store=build_store(
+                    settings.effective_redis_url,
+                    prefix=settings.limiter.key_prefix,
+                    state_file=settings.admin.state_file,
+                    interval_s=settings.admin.sync_interval_s,
+                ),
+                keys=state.keys,
+                admin_hashes=lambda: {k.get_secret_value() for k in state.settings.admin.api_keys},
+                ledger=ledger,
+            )
+            if ledger is not None:
+                await ledger.start()
             await limiter.start()
             await router.start()
+            await admin.start()
             remove_reload = _install_reload(state, config_path)
+            stop_metrics = (
+                metrics.serve(settings.metrics_host, settings.metrics_port) if settings.metrics_port else lambda: None
+            )
             try:
                 yield
             finally:
+                stop_metrics()
                 remove_reload()
                 monitor.close()
+                await admin.close()
                 await router.close()
                 await limiter.close()
                 await upstream.close()
+                if ledger is not None:
+                    await ledger.close()
                 tracing.shutdown()
 
-    app = FastAPI(
+    app = Gateway(
         title="sparsegate",
         summary="OpenAI-compatible gateway for sparse-attention LLMs served by SGLang",
         version="0.1.0",
@@ -149,8 +177,16 @@ def create_app(
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_exception)
     app.include_router(api)
+    app.include_router(admin_api)
     app.add_middleware(RequestIdMiddleware)
-    return Gateway(app)
+    return app
+
+
+def build_ledger(settings: Settings) -> Ledger | None:
+    if not settings.ledger.enabled:
+        return None
+    sink = build_sink(settings.ledger, settings.effective_redis_url, settings.limiter.key_prefix)
+    return Ledger(sink, dict(settings.ledger.prices))
 
 
 def _install_reload(state: GatewayState, config_path: Path | None) -> Callable[[], None]:

@@ -1,4 +1,4 @@
-"""`sparsegate`: run the gateway, run a simulated worker, or hash an API key for the config."""
+"""`sparsegate`: run the gateway, run a simulated worker, hash an API key for the config, or use the admin API."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from typing import Any
 
 import uvicorn
 
+from sparsegate.gateway.admin.cli import add_parser as add_admin
+from sparsegate.gateway.observability.logs import configure_logging
 from sparsegate.gateway.settings import ConfigError, hash_api_key, load_settings
+
+log = logging.getLogger("sparsegate.cli")
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -22,13 +26,10 @@ def _serve(args: argparse.Namespace) -> int:
     from sparsegate.gateway.app import create_app
     from sparsegate.gateway.defaults import DEMO_API_KEY, DEMO_MODEL, demo_settings, demo_workers
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    configure_logging(args.log_level)
     # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would kill the process
     # before the demo's simulated workers are stopped. Turning it into SystemExit lets the cleanup run.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    # httpx logs every probe and poll at INFO; the request log already says what matters.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.workers < 1:
         print("sparsegate: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -56,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
             return Supervisor(_child_argv(args), args.workers).run()
         app = create_app(settings, config_path=args.config, metrics_dir=args.metrics_dir)
-        print(f"sparsegate: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
+        log.info("gateway on http://%s:%d (config %s)", args.host, args.port, args.config)
         _run(app, args)
         return 0
 
@@ -64,15 +65,17 @@ def _serve(args: argparse.Namespace) -> int:
         settings = demo_settings(urls)
         app = create_app(settings)
         base = f"http://{args.host}:{args.port}"
-        print(
-            f"sparsegate: embedded demo gateway on {base}\n"
-            f"  simulated pools: {', '.join(f'{p} -> {u}' for p, u in urls.items())}\n"
-            "  limiter: in-memory\n"
-            f"  API key: {DEMO_API_KEY}\n"
-            f"  try:  curl {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_API_KEY}' "
+        # The demo key is public (README): the one key a log line may name, so the banner can be copied.
+        try_it = (
+            f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_API_KEY}' "
             f'-H \'Content-Type: application/json\' -d \'{{"model": "{DEMO_MODEL}", '
-            '"messages": [{"role": "user", "content": "Hello"}]}\'',
-            flush=True,
+            '"messages": [{"role": "user", "content": "Hello"}]}\''
+        )
+        log.info(
+            "embedded demo gateway on %s (in-memory limiter); try: %s",
+            base,
+            try_it,
+            extra={"fields": {"pools": urls, "limiter": "in-memory"}},
         )
         _run(app, args)
     return 0
@@ -94,6 +97,7 @@ def _run(app: Any, args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,  # uvicorn's loggers propagate to the one JSON handler (configure_logging)
         access_log=False,
         timeout_graceful_shutdown=args.graceful_timeout,
         loop=args.loop,
@@ -124,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
 
         code: int = sim_main(argv[1:])
         return code
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (the embedded demo when no --config is given)")
@@ -145,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     hk = sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key for the config")
     hk.add_argument("key", nargs="?", help="the key (read from stdin when omitted, to keep it out of shell history)")
     hk.set_defaults(func=_hash_key)
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    add_admin(sub)
+    return parser
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     ├── ModelNotAllowed               403 code=model_not_allowed
     ├── ModelNotFound                 404 code=model_not_found
     ├── RouteNotFound                 404 / 405 (unknown path or method)
+    ├── ResourceNotFound              404 an admin API tenant or key that does not exist
     ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
+    │   └── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
     ├── UpstreamError                 502 server_error; `outcome` says whose fault it was (see below)
     │   ├── UpstreamUnavailable       502 refused, reset, 5xx, bad upstream response
     │   ├── UpstreamTimeout           504
@@ -19,6 +21,7 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     ├── NoHealthyWorker               503 (with retry-after)
     ├── Overloaded                    503 this gateway process is at its bound; shed before admission
     ├── LimiterUnavailable            503 the limiter is down and the tenant's policy is fail_closed
+    ├── AdminStoreUnavailable         503 the admin state could not be saved (nothing changed)
     └── InternalError                 500 a gateway bug; never for bad input
 
 Blame: an `UpstreamError.outcome` is what the worker's breaker hears. Only "refused", "reset", "server_error" and
@@ -152,6 +155,12 @@ class RouteNotFound(GatewayError):
         return self._status
 
 
+class ResourceNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class RateLimited(GatewayError):
     """A tenant limit was hit. `kind` is the OpenAI type: "requests" or "tokens" (concurrency counts as requests)."""
 
@@ -185,6 +194,17 @@ class RateLimited(GatewayError):
         elif self.retry_after_s is not None:
             out.update(_retry_headers(self.retry_after_s))
         return out
+
+
+class QuotaExceeded(RateLimited):
+    """A token budget (per day or month) is spent: OpenAI's `insufficient_quota`. Retrying before the reset cannot
+    help, so the SDK is told not to (`x-should-retry: false`); `retry-after` is not sent."""
+
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, *, rate_headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, kind="insufficient_quota", retry_after_s=None, can_ever_fit=False,
+                         rate_headers=rate_headers)  # fmt: skip
 
 
 UpstreamOutcome = Literal["refused", "reset", "server_error", "timeout", "busy", "bad_response"]
@@ -260,6 +280,13 @@ class Overloaded(GatewayError):
 
 
 class LimiterUnavailable(GatewayError):
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
+class AdminStoreUnavailable(GatewayError):
     status = 503
 
     def headers(self) -> dict[str, str]:

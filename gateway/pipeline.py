@@ -31,6 +31,7 @@ from sparsegate.gateway.errors import (
 )
 from sparsegate.gateway.intake import ClientDisconnected, parse_object, read_body, request_id_of, validate
 from sparsegate.gateway.limits.base import AdmissionRequest
+from sparsegate.gateway.observability.logs import request_id_var
 from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.relay import relay
@@ -50,6 +51,7 @@ async def serve(state: GatewayState, scope: Scope, receive: Receive, send: Send,
     snapshot = state.snapshot  # one consistent configuration for the whole request
     headers = header_map(scope)
     request_id = request_id_of(headers)
+    request_id_var.set(request_id)  # every log line of this request carries it (observability/logs.py)
     record = RequestRecord(request_id=request_id, endpoint=endpoint)
     ctx = RequestContext(request_id, endpoint, record, asyncio.current_task(), {"x-request-id": request_id})
     entered = False
@@ -81,8 +83,9 @@ async def _layers(
     record = ctx.record
     trace = record.trace = state.tracing.start(record, headers)
     with trace.stage("auth"):
-        tenant = snapshot.keys.authenticate(headers)
-    record.tenant = tenant.name
+        identity = state.keys.identify(headers)
+    tenant = identity.tenant
+    record.tenant, record.key_id = tenant.name, identity.key_id
 
     # parse: strict JSON, strict types (the validated dict is what goes on, as the client set it)
     data = parse_object(await read_body(receive, headers, snapshot.max_request_bytes))
@@ -99,8 +102,8 @@ async def _layers(
     tools = body.tools if isinstance(body, ChatCompletionRequest) else None
     with trace.stage("routing"):  # plan: visibility, token count, pool
         router.check_model(tenant, body.model)
-        prompt_tokens = await router.count_prompt_tokens_async(
-            body.model, messages=messages, prompt=prompt, tools=tools
+        prompt_tokens = await router.count_for_plan(
+            tenant, body.model, requested, messages=messages, prompt=prompt, tools=tools
         )
         plan = router.plan(tenant, body.model, prompt_tokens, requested)
     record.pool, record.prompt_tokens = plan.pool.name, prompt_tokens
@@ -132,6 +135,9 @@ async def _layers(
         tokens=prompt_tokens + plan.completion_budget * body.n,
         request_id=record.request_id,
         on_failure=tenant.on_limiter_failure,
+        budgets=tenant.budgets,
+        key_id=identity.key_id,
+        key_budgets=identity.key_budgets,
     )
     try:
         with trace.stage("admission"):

@@ -7,6 +7,7 @@ The pipeline fills a `RequestRecord` as it goes (auth → plan → admission →
 from __future__ import annotations
 
 import time
+import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -52,9 +53,12 @@ class NoTrace:
 class RequestRecord:
     request_id: str
     endpoint: str  # "chat" or "completions"
+    # Minted here, once per request: the usage ledger's idempotency key (the caller's request id need not be unique).
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.perf_counter)
     stream: bool = False
     tenant: str | None = None
+    key_id: str | None = None  # never the key: its id in the admin API (`cfg-<hex>` for a key from the config)
     model: str | None = None
     pool: str | None = None
     worker: str | None = None
@@ -63,6 +67,7 @@ class RequestRecord:
     max_tokens: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the worker served from its prefix cache, when it says
     usage_from_worker: bool = False
     finish_reasons: list[str] = field(default_factory=list)
     response_id: str | None = None

@@ -1,11 +1,12 @@
 """One structured JSON line per request, for operators: who, what, where, how long, how many tokens.
 
+The fields go out through the process's one JSON formatter (observability/logs.py), at the top level of the line.
+
 API keys and prompt text never reach this module: it only sees the request record.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -48,4 +49,4 @@ class RequestLog(Observer):
             "upstream_ms": _ms(record.upstream_s),
             "gateway_ms": _ms(record.gateway_overhead_s()),
         }
-        log.info(json.dumps(line, separators=(",", ":")))
+        log.info("request", extra={"fields": line})

@@ -53,7 +53,7 @@ async def create_completion(request: Request) -> Response:
 
 
 def _cards(state: GatewayState, request: Request) -> list[ModelCard]:
-    tenant = state.snapshot.keys.authenticate(request.headers)
+    tenant = state.keys.authenticate(request.headers)
     return [
         ModelCard(id=m.id, created=state.started_at, max_model_len=m.max_context)
         for m in state.router.list_models(tenant)
@@ -74,9 +74,11 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model")
 
 
-@api.get("/metrics", tags=["health"], include_in_schema=False)
+@api.get("/metrics", tags=["admin"], openapi_extra={"security": [{"AdminKey": []}]})
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; labels are bounded by the config (tenant, model, pool, worker)."""
+    """Prometheus text format, for an admin key only: the series name every tenant and worker. Prometheus scrapes
+    `metrics_port` instead (no auth, keep it internal), or sends an admin key as its bearer token."""
+    request.app.state.admin.check_admin(request.headers)
     return Response(gateway_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

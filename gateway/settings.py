@@ -50,11 +50,31 @@ class Limits(_Section):
     )
 
 
+class Budgets(_Section):
+    """Token quotas over UTC calendar periods (prompt + completion tokens). `None` means no quota."""
+
+    tokens_per_day: int | None = Field(default=None, gt=0, description="resets at 00:00 UTC")
+    tokens_per_month: int | None = Field(default=None, gt=0, description="resets at 00:00 UTC on the 1st")
+
+
+def _check_hashed(keys: list[SecretStr]) -> list[SecretStr]:
+    for i, key in enumerate(keys):
+        if not _KEY_HASH.match(key.get_secret_value()):
+            raise ValueError(
+                f"api_keys[{i}] must be stored hashed as 'sha256:<64 lowercase hex>' "
+                "(run `sparsegate hash-key` to make one); plain keys are refused"
+            )
+    return keys
+
+
 class TenantConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    api_keys: list[SecretStr] = Field(min_length=1, description="stored hashed, as sha256:<64 hex>")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="stored hashed, as sha256:<64 hex>; more can be issued by the admin API"
+    )
     models: list[str] = Field(min_length=1, description='models the tenant may use; "*" allows every model')
     limits: Limits = Limits()
+    budgets: Budgets = Budgets()
     model_limits: dict[str, Limits] = Field(default_factory=dict, description="extra limits per (tenant, model)")
     priority: int | None = Field(default=None, description="sent to SGLang as the request's priority")
     on_limiter_failure: FailurePolicy = "fail_open"
@@ -62,13 +82,7 @@ class TenantConfig(_Section):
     @field_validator("api_keys")
     @classmethod
     def _hashed_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        for i, key in enumerate(keys):
-            if not _KEY_HASH.match(key.get_secret_value()):
-                raise ValueError(
-                    f"api_keys[{i}] must be stored hashed as 'sha256:<64 lowercase hex>' "
-                    "(run `sparsegate hash-key` to make one); plain keys are refused"
-                )
-        return keys
+        return _check_hashed(keys)
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -139,10 +153,61 @@ class OverloadSettings(_Section):
     max_loop_lag_ms: float = Field(default=200.0, gt=0, description="shed new requests while the loop lags this much")
 
 
+class ResponsesSettings(_Section):
+    """Where stored OpenAI responses live (gateway/responses_store.py)."""
+
+    ttl_s: float = Field(default=86400.0, gt=0, description="how long the gateway remembers a response's worker")
+    max_entries: int = Field(default=100_000, gt=0, description="entries kept in memory (per replica)")
+    redis_deadline_s: float = Field(default=0.1, gt=0, description="longest a lookup waits for Redis")
+
+
 class TelemetrySettings(_Section):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint; the OTEL_* variables also work")
     service_name: str = "sparsegate-gateway"
     log_requests: bool = True
+
+
+class AdminSettings(_Section):
+    """The admin API (/admin/v1/*, and /metrics on the API port): off unless an admin key is configured."""
+
+    api_keys: list[SecretStr] = Field(default_factory=list, description="stored hashed, as sha256:<64 hex>")
+    state_file: Path | None = Field(
+        default=None, description="without Redis: where tenants and keys set through the API are kept"
+    )
+    sync_interval_s: float = Field(default=0.25, gt=0, le=1.0, description="with Redis: how often a replica polls")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        return _check_hashed(keys)
+
+
+class Price(_Section):
+    """What one model costs: per 1K input and output tokens, and/or per GPU-second estimated from the tokens and
+    the context length (ledger/prices.py states the estimate)."""
+
+    input_per_1k: float = Field(default=0.0, ge=0)
+    output_per_1k: float = Field(default=0.0, ge=0)
+    per_gpu_second: float = Field(default=0.0, ge=0)
+    prefill_tokens_per_gpu_s: float = Field(default=10_000.0, gt=0, description="prompt tokens a GPU-second holds")
+    decode_tokens_per_gpu_s: float = Field(
+        default=50.0, gt=0, description="output tokens a GPU-second holds, short context"
+    )
+    context_scale_tokens: int = Field(
+        default=32_768, gt=0, description="the context at which one output token costs twice a short-context one"
+    )
+
+
+class LedgerSettings(_Section):
+    """The usage ledger: one record per finished request, in Redis Streams with Redis, else in a local file."""
+
+    enabled: bool = True
+    file: Path | None = Field(
+        default=None, description="without Redis: the append-only file (unset: kept in memory only, not durable)"
+    )
+    fsync: Literal["always", "never"] = Field(default="always", description="fsync the file after every record")
+    stream_maxlen: int | None = Field(default=None, gt=0, description="Redis stream trim (approximate); None keeps all")
+    prices: dict[str, Price] = Field(default_factory=dict, description="per model; spend is left out without one")
 
 
 class Settings(BaseSettings):
@@ -162,6 +227,13 @@ class Settings(BaseSettings):
     retries: RetrySettings = RetrySettings()
     overload: OverloadSettings = OverloadSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    responses: ResponsesSettings = ResponsesSettings()
+    admin: AdminSettings = AdminSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    metrics_port: int | None = Field(
+        default=None, gt=0, lt=65536, description="serve /metrics without auth on this port (keep it internal)"
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="the address metrics_port listens on")
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="completion budget when neither side names one")
     replica_id: str | None = Field(default=None, description="this replica's name in Redis; random if unset")
@@ -196,6 +268,9 @@ class Settings(BaseSettings):
                 if h in seen:
                     raise ValueError(f"tenants: tenants {seen[h]!r} and {t.name!r} share an API key")
                 seen[h] = t.name
+        for key in self.admin.api_keys:
+            if key.get_secret_value() in seen:
+                raise ValueError(f"admin.api_keys: a key is also tenant {seen[key.get_secret_value()]!r}'s key")
         pool_names = [p.name for p in self.pools]
         dup = {n for n in pool_names if pool_names.count(n) > 1}
         if dup:

@@ -1,7 +1,11 @@
 """The gateway's long-lived state: one settings `Snapshot` that a reload swaps whole, and the collaborators.
 
+The key store is the one exception: it outlives reloads because the admin API changes it in place; a reload reseeds
+it with the new config's tenants and keys.
+
 A request reads `state.snapshot` once and keeps it, so it sees one consistent configuration from auth to settle.
-Fields that only a restart can change (the limiter's backend, the replica's identity, telemetry) are refused by
+Fields that only a restart can change (the limiter's backend, the replica's identity, telemetry, the ledger's sink, the
+metrics port) are refused by
 name on reload, with a log line; the running configuration then stays as it was.
 """
 
@@ -27,7 +31,10 @@ from sparsegate.gateway.upstream import UpstreamClient
 log = logging.getLogger("sparsegate.state")
 
 # Settings a running process cannot take on: the limiter and its connection, who this replica is, telemetry.
-RESTART_FIELDS = ("redis_url", "limiter", "replica_id", "telemetry", "otel_exporter_otlp_endpoint")
+RESTART_FIELDS = (
+    "redis_url", "limiter", "replica_id", "telemetry", "otel_exporter_otlp_endpoint", "ledger", "metrics_port",
+    "metrics_host",
+)  # fmt: skip
 
 
 class Observers(Observer):
@@ -61,7 +68,6 @@ class Snapshot:
     """The settings and everything derived from them that a request uses; swapped whole on reload."""
 
     settings: Settings
-    keys: KeyStore
     timeouts: Timeouts
     retries: RetrySettings
     max_request_bytes: int
@@ -70,7 +76,6 @@ class Snapshot:
     def of(cls, settings: Settings) -> Snapshot:
         return cls(
             settings=settings,
-            keys=KeyStore(settings),
             timeouts=settings.timeouts,
             retries=settings.retries,
             max_request_bytes=settings.max_request_bytes,
@@ -84,6 +89,7 @@ def restart_fields(old: Settings, new: Settings) -> list[str]:
 @dataclass
 class GatewayState:
     snapshot: Snapshot
+    keys: KeyStore  # long-lived: the admin API applies its changes to it in place (auth.py)
     router: Router
     limiter: Limiter
     upstream: UpstreamClient
@@ -108,6 +114,7 @@ class GatewayState:
             raise ConfigError(f"these settings need a restart and were not applied: {', '.join(changed)}")
         snapshot = Snapshot.of(settings)
         self.router.reload(settings)  # raises ConfigError before changing anything
+        self.keys.reseed(settings)  # what the admin API set still overrides the new seed
         self.shedder.max_in_flight = settings.overload.max_in_flight
         self.shedder.max_loop_lag_s = settings.overload.max_loop_lag_ms / 1000
         self.snapshot = snapshot

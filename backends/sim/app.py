@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .agents import agent_routes
 from .config import SimConfig
 from .errors import BadRequest, NotFound, SimError, error_response
 from .protocol import parse_json_object
@@ -57,6 +58,7 @@ def create_app(config: SimConfig, *, state: SimState | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _answer_error)
     app.add_exception_handler(RequestValidationError, _answer_error)
     app.include_router(_sglang_routes(sim))
+    app.include_router(agent_routes(sim))  # Responses, Messages, embeddings, tokenize: see agents.py
     app.include_router(_sim_routes(sim))
     return app
 

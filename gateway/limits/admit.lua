@@ -2,11 +2,13 @@
 -- Twin of MemoryLimiter.admit; the math is buckets.py's (token buckets refilled continuously at limit/60 per s).
 --
 -- KEYS[i]             bucket i: a hash {v = level, t = time of v} for a rate bucket (absent = full),
---                     a sorted set {lease id -> expiry time} for a concurrency bucket
+--                     a sorted set {lease id -> expiry time} for a concurrency bucket,
+--                     an integer (tokens used in the period; absent = 0) for a budget
 -- ARGV[1]             lease id ('' when no concurrency bucket applies)
 -- ARGV[2]             lease TTL in seconds
 -- ARGV[3i], ARGV[3i+1], ARGV[3i+2]
---                     bucket i: kind ('r' rate, 'c' concurrency), limit (0 = no cap), cost
+--                     bucket i: kind ('r' rate, 'c' concurrency, 'b:<unix expiry>' budget), limit (0 = no cap),
+--                     cost. A budget never refills: its level is limit - used, and a new period is a new key.
 -- returns             {admitted (1|0), level_1, next_free_1, ..., level_n, next_free_n}, floats as strings:
 --                     the levels after charging when admitted, as found when rejected; next_free is the time until
 --                     a concurrency bucket's earliest lease expires ('' when it has none or is a rate bucket)
@@ -36,6 +38,10 @@ for i = 1, #KEYS do
     end
     levels[i] = level
     if level < cost then admitted = 0 end
+  elseif string.sub(kind, 1, 1) == 'b' then
+    local level = limit - tonumber(redis.call('GET', KEYS[i]) or '0')
+    levels[i] = level
+    if level < cost then admitted = 0 end
   else
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', num(now))
     local in_use = redis.call('ZCARD', KEYS[i])
@@ -56,6 +62,10 @@ if admitted == 1 then
       redis.call('HSET', KEYS[i], 'v', num(level), 't', num(now))
       -- Once full, the bucket is indistinguishable from an absent key: let it go.
       redis.call('PEXPIRE', KEYS[i], math.ceil((limits[i] - level) * window / limits[i] * 1000) + 1000)
+    elseif string.sub(kinds[i], 1, 1) == 'b' then
+      redis.call('INCRBY', KEYS[i], costs[i])
+      redis.call('EXPIREAT', KEYS[i], tonumber(string.sub(kinds[i], 3)))
+      levels[i] = levels[i] - costs[i]
     else
       redis.call('ZADD', KEYS[i], num(now + ttl), lease)
       redis.call('PEXPIRE', KEYS[i], math.ceil(ttl * 1000) + 1000)

@@ -8,10 +8,11 @@ and releases the concurrency slot. Settling never raises: it runs on every path,
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sparsegate.gateway.settings import FailurePolicy, Limits
+from sparsegate.gateway.settings import Budgets, FailurePolicy, Limits
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,12 @@ class AdmissionRequest:
     tokens: int  # reserved at admission: prompt tokens + completion budget
     request_id: str
     on_failure: FailurePolicy = "fail_open"
+    budgets: Budgets = field(default_factory=Budgets)  # the tenant's token quotas per UTC day / month
+    key_id: str | None = None
+    key_budgets: Budgets = field(default_factory=Budgets)  # the key's own quotas, on top of the tenant's
+    # Wall-clock time of admission: it picks the budget periods, and settling charges the same ones even when the
+    # request ends after midnight.
+    at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)

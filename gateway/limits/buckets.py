@@ -10,6 +10,11 @@ Why a token bucket with continuous refill (and not fixed or sliding windows):
   entry per request.
 - Reserve/settle fits naturally: a refund adds tokens back (capped at capacity), an overrun takes more.
 
+Budgets (token quotas per UTC day and month, per tenant and optionally per key) are buckets that never refill:
+their level is `limit - used` in the current period, and a new period is a new key (`bd:20261201`, `bm:202612`).
+They are charged and refunded in the same atomic steps as the rate buckets; the period is picked from the
+admission's wall-clock time, so settling after midnight refunds the day that was charged.
+
 `admit.lua` and `settle.lua` are the Redis twins of `MemoryLimiter`; both follow the functions here, and the
 Python side of both backends turns their raw observations into a Reservation or a RateLimited through
 `rate_state` and `rejection`.
@@ -18,18 +23,21 @@ Python side of both backends turns their raw observations into a Reservation or 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
-from sparsegate.gateway.errors import RateLimited
+from sparsegate.gateway.errors import QuotaExceeded, RateLimited
 from sparsegate.gateway.limits.base import AdmissionRequest, BucketState, RateState, go_duration
-from sparsegate.gateway.settings import Limits
+from sparsegate.gateway.settings import Budgets, Limits
 
 WINDOW_S = 60.0  # every rate limit is "per minute"
 CONCURRENCY_HINT_S = 1.0  # retry hint when only a concurrency slot is missing: slots free as requests finish
 
-BucketKind = Literal["rpm", "tpm", "concurrent"]
+BucketKind = Literal["rpm", "tpm", "concurrent", "budget"]
+BUDGET_KEY_GRACE_S = 3600  # a period's counter outlives the period by this much (late settles find it)
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,48 @@ class BucketSpec:
     limit: int
     cost: int
     scope: str  # "tenant 'acme'" or "tenant 'acme' and model 'glm-5'", for messages
+    period: str = ""  # budgets: "day" or "month"
+    resets_at: float = 0.0  # budgets: when the period ends (unix seconds, a UTC midnight)
 
     @property
     def is_rate(self) -> bool:
+        """A bucket with a token level (rpm, tpm, and budgets, which never refill); not a concurrency bucket."""
         return self.kind != "concurrent"
+
+    @property
+    def wire_kind(self) -> str:
+        """How admit.lua knows the bucket: 'r' rate, 'c' concurrency, 'b:<unix expiry>' budget."""
+        if self.kind == "budget":
+            return f"b:{int(self.resets_at) + BUDGET_KEY_GRACE_S}"
+        return "c" if self.kind == "concurrent" else "r"
+
+
+def day_period(at: float) -> tuple[str, float]:
+    """The UTC day holding `at`: its id and the unix time it ends."""
+    start = datetime.fromtimestamp(at, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start.strftime("%Y%m%d"), start.timestamp() + 86400
+
+
+def month_period(at: float) -> tuple[str, float]:
+    """The UTC month holding `at`: its id and the unix time it ends."""
+    start = datetime.fromtimestamp(at, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start.strftime("%Y%m"), end.timestamp()
+
+
+def _budget_specs(prefix: str, scope: str, budgets: Budgets, request: AdmissionRequest) -> list[BucketSpec]:
+    specs = []
+    if budgets.tokens_per_day is not None:
+        day, ends = day_period(request.at)
+        specs.append(
+            BucketSpec(f"{prefix}bd:{day}", "budget", budgets.tokens_per_day, request.tokens, scope, "day", ends)
+        )
+    if budgets.tokens_per_month is not None:
+        month, ends = month_period(request.at)
+        specs.append(
+            BucketSpec(f"{prefix}bm:{month}", "budget", budgets.tokens_per_month, request.tokens, scope, "month", ends)
+        )
+    return specs
 
 
 @dataclass(frozen=True)
@@ -80,6 +126,10 @@ def plan(request: AdmissionRequest) -> list[BucketSpec]:
             specs.append(BucketSpec(f"{prefix}tpm", "tpm", limits.tpm, request.tokens, scope))
         if prefix and limits.max_concurrent is not None:
             specs.append(BucketSpec(f"{prefix}leases", "concurrent", limits.max_concurrent, 1, scope))
+    specs += _budget_specs("", tenant_scope, request.budgets, request)
+    if request.key_id is not None:
+        key_scope = f"key {request.key_id!r} of tenant {request.tenant!r}"
+        specs += _budget_specs(f"k:{request.key_id}:", key_scope, request.key_budgets, request)
     if any(s.kind != "rpm" for s in specs) or request.limits.max_concurrent is not None:
         cap = request.limits.max_concurrent or 0
         specs.insert(0, BucketSpec("leases", "concurrent", cap, 1, tenant_scope))
@@ -115,13 +165,25 @@ def rate_state(specs: Sequence[BucketSpec], seen: Sequence[Observation]) -> Rate
     """The headers' view: for requests and for tokens, the most constraining bucket (tenant or tenant+model)."""
     best: dict[str, BucketState] = {}
     for spec, obs in zip(specs, seen, strict=True):
-        if not spec.is_rate:
+        if spec.kind not in ("rpm", "tpm"):
             continue
         state = _bucket_state(spec, obs.level)
         current = best.get(spec.kind)
         if current is None or state.remaining < current.remaining:
             best[spec.kind] = state
     return RateState(requests=best.get("rpm"), tokens=best.get("tpm"))
+
+
+def _budget_exhausted(spec: BucketSpec, obs: Observation, at: float, headers: dict[str, str]) -> QuotaExceeded:
+    used = max(0, spec.limit - math.floor(obs.level + 1e-9))
+    resets = datetime.fromtimestamp(spec.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    wait = go_duration(max(0.0, spec.resets_at - at))
+    too_big = "; this request alone is larger than the budget" if spec.cost > spec.limit else ""
+    return QuotaExceeded(
+        f"You exceeded your token budget of tokens per {spec.period} on {spec.scope}: Limit {spec.limit}, "
+        f"Used {used}, Requested {spec.cost}{too_big}. The budget resets at {resets} (in {wait}).",
+        rate_headers=headers,
+    )
 
 
 def _wait_s(spec: BucketSpec, obs: Observation) -> float:
@@ -132,9 +194,13 @@ def _wait_s(spec: BucketSpec, obs: Observation) -> float:
     return CONCURRENCY_HINT_S
 
 
-def rejection(specs: Sequence[BucketSpec], seen: Sequence[Observation]) -> RateLimited:
-    """The 429 for an admission that failed: the bucket that keeps the request out longest names the error."""
+def rejection(specs: Sequence[BucketSpec], seen: Sequence[Observation], *, at: float | None = None) -> RateLimited:
+    """The 429 for an admission that failed: a spent budget, else the bucket that keeps the request out longest.
+    `at` is the admission's wall-clock time (for the wait until a budget resets)."""
     headers = rate_state(specs, seen).headers()
+    for spec, obs in zip(specs, seen, strict=True):  # a spent budget first: no wait short of its reset helps
+        if spec.kind == "budget" and not rate_ok(spec, obs.level):
+            return _budget_exhausted(spec, obs, time.time() if at is None else at, headers)
     for spec in specs:
         if spec.kind == "tpm" and spec.cost > spec.limit:
             return RateLimited(

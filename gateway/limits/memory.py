@@ -37,6 +37,8 @@ class MemoryLimiter:
         self._clock = clock
         self._rates: dict[BucketKey, tuple[float, float]] = {}  # (level, when)
         self._leases: dict[BucketKey, dict[str, float]] = {}  # lease id -> expiry
+        # Budget periods: tokens used. Old periods are never read again; one entry per tenant and day is left behind.
+        self._used: dict[BucketKey, int] = {}
 
     async def start(self) -> None:
         return None
@@ -57,12 +59,15 @@ class MemoryLimiter:
             for spec, obs in zip(specs, seen, strict=True)
         )
         if not fits:
-            raise rejection(specs, seen)
+            raise rejection(specs, seen, at=request.at)
 
         after: list[Observation] = []
         for spec, obs in zip(specs, seen, strict=True):
             key = (request.tenant, spec.name)
-            if spec.is_rate:
+            if spec.kind == "budget":
+                self._used[key] = self._used.get(key, 0) + spec.cost
+                after.append(Observation(obs.level - spec.cost))
+            elif spec.is_rate:
                 self._rates[key] = (obs.level - spec.cost, now)
                 after.append(Observation(obs.level - spec.cost))
             else:
@@ -73,6 +78,8 @@ class MemoryLimiter:
 
     def _observe(self, tenant: str, spec: BucketSpec, now: float) -> Observation:
         key = (tenant, spec.name)
+        if spec.kind == "budget":
+            return Observation(float(spec.limit - self._used.get(key, 0)))
         if spec.is_rate:
             stored = self._rates.get(key)
             level = float(spec.limit) if stored is None else refill(stored[0], stored[1], now, spec.limit)
@@ -105,6 +112,8 @@ class MemoryLimiter:
             key = (request.tenant, spec.name)
             if spec.kind == "concurrent":
                 self._leases.get(key, {}).pop(lease, None)
+            elif spec.kind == "budget" and key in self._used:
+                self._used[key] -= refund
             elif spec.kind == "tpm" and refund:
                 stored = self._rates.get(key)
                 level = float(spec.limit) if stored is None else refill(stored[0], stored[1], now, spec.limit)

@@ -9,6 +9,7 @@ Redis is never allowed to hang a request:
 - every redis/socket exception becomes `LimiterUnavailable` in `redis_errors`, the one boundary, and
   `_when_unavailable` is the one place that applies the tenant's policy: fail_closed answers 503, fail_open admits
   against a local bucket holding this replica's share of the limit (limit // live replicas, from the heartbeats).
+  A request under a token budget answers 503 either way: budgets stay exact (see `_when_unavailable`).
 
 Nothing granted is stranded:
 - settling never raises; a settle that cannot reach Redis is queued and replayed by the heartbeat once Redis answers.
@@ -43,7 +44,7 @@ from sparsegate.gateway.limits.base import AdmissionRequest, RateState, Reservat
 from sparsegate.gateway.limits.buckets import BucketSpec, Observation, needs_settle, plan, rate_state, rejection, share
 from sparsegate.gateway.limits.memory import MemoryLimiter
 from sparsegate.gateway.limits.replicas import Heartbeat
-from sparsegate.gateway.settings import LimiterSettings
+from sparsegate.gateway.settings import Budgets, LimiterSettings
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class RedisLimiter:
         lease = f"{self._replica_id}:{request.request_id}:{secrets.token_hex(4)}" if needs_settle(specs) else ""
         args: list[str | int | float] = [lease, self._settings.lease_ttl_s]
         for spec in specs:
-            args += ["r" if spec.is_rate else "c", spec.limit, spec.cost]
+            args += [spec.wire_kind, spec.limit, spec.cost]
         try:
             raw = await self._call(self._admit_script, self._keys(request.tenant, specs), args)
         except LimiterUnavailable as exc:
@@ -192,7 +193,7 @@ class RedisLimiter:
 
         admitted, seen = _parse_admission(raw, len(specs))
         if not admitted:
-            raise rejection(specs, seen)
+            raise rejection(specs, seen, at=request.at)
         return Reservation(request=request, state=rate_state(specs, seen), lease_id=lease or None)
 
     def _give_back(self, admission: asyncio.Future[Reservation]) -> None:
@@ -203,8 +204,10 @@ class RedisLimiter:
         task.add_done_callback(self._background.discard)
 
     async def _when_unavailable(self, request: AdmissionRequest, exc: LimiterUnavailable) -> Reservation:
-        """The tenant's failure policy, stated once."""
-        if request.on_failure == "fail_closed":
+        """The tenant's failure policy, stated once. A request under a token budget is refused (503, retried by
+        clients) whatever the policy: a period's usage lives in Redis, and admitting without it could spend past
+        the quota, which, unlike a refused request, cannot be undone."""
+        if request.on_failure == "fail_closed" or _under_budget(request):
             raise exc
         local = await self._admit_locally(request)
         return Reservation(request=request, state=local.state, lease_id=local.lease_id, degraded=True)
@@ -272,7 +275,7 @@ class RedisLimiter:
         for key, spec in zip(keys[1:], specs[1:], strict=True):
             if spec.kind != "rpm":
                 settle_keys.append(key)
-                args += ["c" if spec.kind == "concurrent" else "r", spec.limit]
+                args += [spec.wire_kind[0], spec.limit]
         await self._call(self._settle, settle_keys, args)
 
     async def _flush_pending(self) -> None:
@@ -345,6 +348,10 @@ def _parse_admission(raw: Any, n: int) -> tuple[bool, list[Observation]]:
         level, next_free = raw[1 + 2 * i], raw[2 + 2 * i]
         seen.append(Observation(float(level), float(next_free) if next_free else None))
     return raw[0] == 1, seen
+
+
+def _under_budget(request: AdmissionRequest) -> bool:
+    return any(b != Budgets() for b in (request.budgets, request.key_budgets if request.key_id else Budgets()))
 
 
 def _fits_whole_limit(request: AdmissionRequest) -> bool:

@@ -6,7 +6,7 @@
 -- ARGV[1]             lease id
 -- ARGV[2]             tokens to refund: reserved - used; negative when the request used more than it reserved,
 --                     which is charged, and may take the bucket below zero (later requests wait for the debt)
--- ARGV[2i-1], ARGV[2i] bucket i >= 2: kind ('r' tokens, 'c' concurrency), limit
+-- ARGV[2i-1], ARGV[2i] bucket i >= 2: kind ('r' tokens, 'c' concurrency, 'b' budget), limit
 -- returns             1 if settled now, 0 if there was nothing to settle
 --
 -- Idempotent across retries and replicas: the lease leaves the registry exactly once, and only that removal
@@ -30,6 +30,11 @@ for i = 2, #KEYS do
   local kind, limit = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
   if kind == 'c' then
     redis.call('ZREM', KEYS[i], lease)
+  elseif kind == 'b' then
+    -- The period's counter; gone only long after its period ended, when a refund no longer matters.
+    if refund ~= 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+      redis.call('INCRBY', KEYS[i], string.format('%d', -refund))
+    end
   elseif refund ~= 0 then
     local state = redis.call('HMGET', KEYS[i], 'v', 't')
     local level = limit

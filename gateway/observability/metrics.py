@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -106,6 +114,17 @@ class GatewayMetrics(Observer):
         merged.register(_BreakerCollector(self._workers))  # this process's view of the workers' breakers
         return generate_latest(merged)
 
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serve this registry without auth on its own port (`metrics_port`), in a thread; returns the stop."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop
+
     # -- observer ---------------------------------------------------------------------------------------------------
 
     def on_admitted(self, record: RequestRecord) -> None:
@@ -126,7 +145,10 @@ class GatewayMetrics(Observer):
 
     def on_finish(self, record: RequestRecord) -> None:
         self._last_chunk.pop(id(record), None)
-        tenant, model, pool = _label(record.tenant), _label(record.model), _label(record.pool)
+        # The model label only once the router resolved it to a pool: a name from a refused body (404, 403, 400)
+        # would let any key holder mint series without bound.
+        model = _label(record.model) if record.pool is not None else "none"
+        tenant, pool = _label(record.tenant), _label(record.pool)
         self.requests.labels(tenant, model, pool, record.endpoint, str(record.status)).inc()
         if record.limit_decision is not None:
             self.limiter.labels(tenant, record.limit_decision).inc()

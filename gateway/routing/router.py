@@ -27,11 +27,12 @@ from typing import Any
 import httpx
 
 from ..breaker import CircuitBreaker, Clock
-from ..errors import NoHealthyWorker
+from ..errors import ContextLengthExceeded, NoHealthyWorker
 from ..settings import PoolConfig, Settings, TenantConfig
 from .health import HealthMonitor
 from .policies import Outcome, Policy, make_policy
 from .pools import ModelInfo, PoolTable, RoutePlan
+from .remote_count import WorkerTokenCounter
 from .tokens import Messages, Prompt, TokenCounters, text_size
 from .workers import Worker
 
@@ -46,6 +47,8 @@ OFFLOAD_CHARS_ESTIMATE = 1024 * 1024
 # at most this many characters of them. Every later turn of a conversation starts the same way, so it goes back
 # to the worker that has its earlier turns cached; requests sharing a long system prompt hash alike too.
 AFFINITY_PREFIX_CHARS = 1024
+# Workers asked in turn for an exact count before the estimate is used after all.
+REMOTE_COUNT_WORKERS = 2
 
 _FAILURES: frozenset[str] = frozenset({"connect_error", "upstream_error", "timeout"})
 _SUCCESSES: frozenset[str] = frozenset({"ok", "client_error"})  # a 4xx answer still proves the worker is up
@@ -77,6 +80,7 @@ class Router:
         self._workers: dict[tuple[str, str], Worker] = {}
         self._pools: dict[str, _Pool] = {}
         self._monitor = HealthMonitor(http, settings.health, clock)
+        self.remote_counts = WorkerTokenCounter(http)
         self._apply(settings, TokenCounters(settings.models))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -172,6 +176,32 @@ class Router:
         if text_size(messages, prompt, tools) > limit:
             return await asyncio.to_thread(counter.count, messages=messages, prompt=prompt, tools=tools)
         return counter.count(messages=messages, prompt=prompt, tools=tools)
+
+    async def count_for_plan(
+        self,
+        tenant: TenantConfig,
+        model: str,
+        max_tokens: int | None,
+        *,
+        messages: Messages | None = None,
+        prompt: Prompt | None = None,
+        tools: Any = None,
+    ) -> int:
+        """The prompt count to plan with: `count_prompt_tokens_async`, unless the model has no tokenizer and the
+        byte estimate would send the request past its smallest open pool (or refuse it). Then the texts are
+        counted by a healthy worker of the model (`remote_count`), falling back to the estimate."""
+        counted = await self.count_prompt_tokens_async(model, messages=messages, prompt=prompt, tools=tools)
+        if self._counters.for_model(model).exact:
+            return counted
+        pools = self._table.check_model(tenant, model)
+        try:
+            if self._table.plan(tenant, model, counted, max_tokens).pool.name == pools[0].name:
+                return counted  # already the smallest pool: an exact count could not change the route
+        except ContextLengthExceeded:
+            pass
+        workers = [w.url for p in pools for w in self._pools[p.name].members if w.healthy][:REMOTE_COUNT_WORKERS]
+        exact = await self.remote_counts.count(workers, model, messages=messages, prompt=prompt, tools=tools)
+        return counted if exact is None else min(exact, counted)
 
     # -- worker choice -----------------------------------------------------------------------------------
 

@@ -110,9 +110,10 @@ def test_prometheus_scrapes_gateway_and_workers(services: dict[str, dict[str, An
     targets = {
         job: [(t, sc.get("labels", {})) for sc in jobs[job]["static_configs"] for t in sc["targets"]] for job in jobs
     }
-    assert [t for t, _ in targets["sparsegate-gateway"]] == ["gateway:8000"]
-    assert jobs["sparsegate-gateway"].get("metrics_path", "/metrics") == "/metrics"
     gateway_config = yaml.safe_load((ROOT / "deploy" / "compose" / "gateway.yaml").read_text())
+    # the gateway's metrics_port: /metrics on the API port needs an admin key
+    assert [t for t, _ in targets["sparsegate-gateway"]] == [f"gateway:{gateway_config['metrics_port']}"]
+    assert jobs["sparsegate-gateway"].get("metrics_path", "/metrics") == "/metrics"
     pool_of = {urlsplit(w).netloc: p["name"] for p in gateway_config["pools"] for w in p["workers"]}
     assert {t: labels.get("pool") for t, labels in targets["sglang-workers"]} == pool_of
 

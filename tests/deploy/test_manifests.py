@@ -190,8 +190,11 @@ def test_gateway_deployment(prod: Docs) -> None:
         "8000",
     ]
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
-    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(gateway["ports"][0]["containerPort"])
+    # Prometheus scrapes metrics_port, which serves /metrics without auth; the API port's needs an admin key.
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
     env = {e["name"]: e for e in gateway["env"]}
+    assert env["SPARSEGATE_METRICS_PORT"]["value"] == str(ports["metrics"])
     assert env["SPARSEGATE_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "sparsegate-redis", "key": "url"}
     mount = next(m for m in gateway["volumeMounts"] if m["mountPath"] == "/etc/sparsegate")
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])

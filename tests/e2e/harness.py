@@ -24,6 +24,7 @@ from sparsegate.gateway.settings import hash_api_key
 MODEL = "glm-5.1"
 KEY_ACME = "sk-acme-0123456789abcdef"
 KEY_BETA = "sk-beta-0123456789abcdef"
+ADMIN_KEY = "sk-admin-0123456789abcdef"
 
 
 def free_port() -> int:

@@ -305,7 +305,9 @@ def test_request_log_has_no_secrets(sims: Callable[..., Sim], gateways: Callable
     with pytest.raises(openai.AuthenticationError):
         client(gw, key="sk-leaky-key-abcdef123456").chat.completions.create(model=MODEL, messages=HELLO)
     out = gw.stop()
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"ts"')]
+    # every line is JSON now (issue 12); the request lines are the ones with event=request
+    every = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    lines = [line for line in every if line.get("event") == "request"]
     assert any(line["status"] == 200 and line["tenant"] == "acme" for line in lines)
     assert any(line["status"] == 401 for line in lines)
     assert secret_prompt not in out and KEY_ACME not in out and "sk-leaky-key-abcdef123456" not in out

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from sparsegate.gateway.app import create_app
-from sparsegate.gateway.settings import load_settings
-from tests.e2e.harness import KEY_ACME, MODEL, Sim, ThreadedGateway, stream_then_leave, tenant, wait_until
+from sparsegate.gateway.settings import hash_api_key, load_settings
+from tests.e2e.harness import ADMIN_KEY, KEY_ACME, MODEL, Sim, ThreadedGateway, stream_then_leave, tenant, wait_until
 
 HELLO = [{"role": "user", "content": "Tell me about sparse attention"}]
 INCOMING_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -29,6 +29,7 @@ def traced(sims: Callable[..., Sim]) -> Iterator[tuple[ThreadedGateway, Sim, InM
         overrides={
             "tenants": [tenant("acme", KEY_ACME, limits={"rpm": 1000, "tpm": 1_000_000})],
             "pools": [{"name": "short", "model": MODEL, "max_context": 32_768, "workers": [sim.url]}],
+            "admin": {"api_keys": [hash_api_key(ADMIN_KEY)]},
         }
     )
     exporter = InMemorySpanExporter()
@@ -129,7 +130,7 @@ def test_metrics_after_stream_and_non_stream(traced: tuple[ThreadedGateway, Sim,
     assert wait_until(lambda: sim.stats()["aborted"] == 1, timeout=5)
 
     def scrape() -> str:
-        return httpx.get(gw.url + "/metrics").text
+        return httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
 
     assert wait_until(lambda: _total(scrape(), "sparsegate_requests_in_flight") == 0, timeout=5)
     text = scrape()

@@ -56,7 +56,7 @@ class Running:
 
     @property
     def state(self) -> GatewayState:
-        state = self.app.api.state.gateway
+        state = self.app.state.gateway
         assert isinstance(state, GatewayState)
         return state
 
@@ -102,7 +102,7 @@ async def running(
     collector = _Collect()
     app = create_app(settings(workers, **extra), transport=hosts, observers=[collector])
     try:
-        async with app.api.router.lifespan_context(app.api):
+        async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
                 yield Running(app, client, states, hosts, collector.records)

@@ -11,7 +11,7 @@ import pytest
 
 from sparsegate.gateway.breaker import CircuitBreaker
 from sparsegate.gateway.routing import Router
-from sparsegate.gateway.routing.health import HealthMonitor, parse_get_load, parse_metrics
+from sparsegate.gateway.routing.health import HealthMonitor
 from sparsegate.gateway.routing.workers import Worker
 from sparsegate.gateway.settings import HealthSettings
 
@@ -25,19 +25,18 @@ sglang:num_running_reqs{model_name="glm",dp_rank="1"} 2.0
 # HELP sglang:num_queue_reqs The number of requests in the waiting queue.
 # TYPE sglang:num_queue_reqs gauge
 sglang:num_queue_reqs{model_name="glm",dp_rank="0"} 4.0
-# HELP sglang:token_usage The token usage.
-# TYPE sglang:token_usage gauge
-sglang:token_usage{model_name="glm"} 0.5
 """
 
 
 class FakeCluster:
-    """Workers by host name: up or down, with a load figure and an optional /get_load."""
+    """Workers by host name: up or down, with a load figure on `/v1/loads` (0.5.23) or, for hosts in
+    `old`, on `/get_load`; hosts in `metrics_only` serve neither."""
 
     def __init__(self) -> None:
         self.down: set[str] = set()
         self.loads: dict[str, int] = {}
-        self.no_get_load: set[str] = set()
+        self.old: set[str] = set()
+        self.metrics_only: set[str] = set()
         self.calls: list[str] = []
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -47,10 +46,10 @@ class FakeCluster:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/health_generate":
             return httpx.Response(200)
-        if request.url.path == "/get_load":
-            if host in self.no_get_load:
-                return httpx.Response(404)
-            n = self.loads.get(host, 0)
+        n = self.loads.get(host, 0)
+        if request.url.path == "/v1/loads" and host not in self.old | self.metrics_only:
+            return httpx.Response(200, json={"loads": [{"dp_rank": 0, "num_running_reqs": n, "num_waiting_reqs": 0}]})
+        if request.url.path == "/get_load" and host in self.old:
             return httpx.Response(200, json=[{"dp_rank": 0, "num_reqs": n, "num_waiting_reqs": 0, "num_tokens": 9}])
         if request.url.path == "/metrics":
             return httpx.Response(200, text=METRICS)
@@ -76,20 +75,6 @@ async def wait_for(condition: Callable[[], bool], within_s: float = 3.0) -> None
         await asyncio.sleep(0.005)
 
 
-def test_parse_get_load_shapes() -> None:
-    assert parse_get_load([{"dp_rank": 0, "num_reqs": 3}, {"dp_rank": 1, "num_reqs": 4}]) == 7
-    assert parse_get_load({"num_reqs": 2}) == 2
-    assert parse_get_load({"running": 2, "waiting": 5}) == 7
-    assert parse_get_load({"load": 11}) == 11
-    assert parse_get_load({"something": "else"}) is None
-    assert parse_get_load("nonsense") is None
-
-
-def test_parse_metrics_sums_running_and_queued() -> None:
-    assert parse_metrics(METRICS) == 9
-    assert parse_metrics("# nothing here\n") is None
-
-
 async def test_probe_results_drive_the_breaker(http: httpx.AsyncClient, cluster: FakeCluster) -> None:
     monitor = HealthMonitor(http, HealthSettings(failure_threshold=2))
     w = Worker("http://w1:30000", "p", CircuitBreaker(2, 10.0))
@@ -110,17 +95,19 @@ async def test_probe_non_200_is_a_failure(cluster: FakeCluster) -> None:
         assert w.state == "open"
 
 
-async def test_load_poll_uses_get_load_then_metrics_fallback(http: httpx.AsyncClient, cluster: FakeCluster) -> None:
+async def test_load_poll_uses_v1_loads_then_older_endpoints(http: httpx.AsyncClient, cluster: FakeCluster) -> None:
     monitor = HealthMonitor(http, HealthSettings())
-    a = Worker("http://a:1", "p", CircuitBreaker(2, 10.0))
-    b = Worker("http://b:1", "p", CircuitBreaker(2, 10.0))
-    cluster.loads["a"] = 6
-    cluster.no_get_load.add("b")
+    a, b, c = (Worker(f"http://{h}:1", "p", CircuitBreaker(2, 10.0)) for h in "abc")
+    cluster.loads.update({"a": 6, "b": 5})
+    cluster.old.add("b")
+    cluster.metrics_only.add("c")
     assert await monitor.poll_load(a) == 6
     assert a.load == 6
-    assert await monitor.poll_load(b) == 9
-    assert await monitor.poll_load(b) == 9
-    assert cluster.calls.count("b/get_load") == 1  # remembered: straight to /metrics the second time
+    assert await monitor.poll_load(b) == 5
+    assert await monitor.poll_load(c) == 9
+    assert await monitor.poll_load(c) == 9
+    assert cluster.calls.count("c/v1/loads") == 1  # remembered: straight to /metrics the second time
+    assert cluster.calls.count("c/get_load") == 1
     cluster.down.add("a")
     assert await monitor.poll_load(a) is None
     assert a.polled_load is None and a.load == 0
