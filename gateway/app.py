@@ -1,8 +1,8 @@
 """The gateway as an ASGI application, built from settings, with every client created in the lifespan.
 
-Two layers: a thin dispatcher (`Gateway.__call__`) serves the generation routes (`POST /v1/chat/completions`, `POST /v1/completions`)
-straight on ASGI through `pipeline.serve`, with no framework objects or middleware on the hot path; everything else
-(models, health, metrics, /docs and OpenAPI) is FastAPI's.
+Two layers: a thin dispatcher (`Gateway.__call__`) serves the generation routes (`POST /v1/chat/completions`,
+`POST /v1/completions`) straight on ASGI through `pipeline.serve`, with no framework objects or middleware on the hot
+path; everything else (models, health, metrics, admin, /docs and OpenAPI) is FastAPI's.
 """
 
 from __future__ import annotations
