@@ -42,6 +42,7 @@ from sparsegate.gateway.routing import Router
 from sparsegate.gateway.settings import ConfigError, Settings, load_settings
 from sparsegate.gateway.state import GatewayState, Observers, Snapshot
 from sparsegate.gateway.upstream import UpstreamClient
+from sparsegate.gateway.upstream.via_aiohttp import AiohttpUpstream
 from sparsegate.gateway.upstream.via_httpx import HttpxUpstream
 from sparsegate.gateway.wire import header_map
 
@@ -105,12 +106,15 @@ def create_app(
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0)
         async with httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False) as client:
             router = Router(settings, client)
-            limiter = build_limiter(settings, replica_id=settings.replica_id or mint_id("gw"))
+            monitor = LoopMonitor()
+            limiter = build_limiter(settings, replica_id=settings.replica_id or mint_id("gw"), monitor=monitor)
             metrics = GatewayMetrics(lambda: router.workers(), multiprocess_dir=metrics_dir)
             tracing = Tracing(tracer_provider if tracer_provider is not None else provider_from_settings(settings))
-            monitor = LoopMonitor()
-            upstream: UpstreamClient = HttpxUpstream(
-                client, connect_s=settings.timeouts.connect_s, abort_s=settings.timeouts.abort_s
+            connect_s, abort_s = settings.timeouts.connect_s, settings.timeouts.abort_s
+            upstream: UpstreamClient = (
+                HttpxUpstream(client, connect_s=connect_s, abort_s=abort_s)
+                if transport is not None
+                else AiohttpUpstream(monitor, connect_s=connect_s, abort_s=abort_s)
             )
             ledger = build_ledger(settings)
             observer = Observers([metrics, tracing, RequestLog(), *([ledger] if ledger else []), *(observers or [])])

@@ -1,7 +1,8 @@
 """Overload: measure our own event loop's lag, keep deadlines fair to the workers, and shed load early.
 
 - `LoopMonitor` ticks every `interval_s` with a plain loop callback; how late each tick runs is lag the process
-  itself caused. `lag_total` accumulates it, `lag_recent` follows the latest ticks.
+  itself caused. `lag_total` accumulates it (for fair deadlines), `lag_recent` follows the latest ticks (for
+  shedding).
 - `FairDeadline` is `asyncio.timeout` in *fair time*: wall time minus our own lag over the same interval. When its
   timer fires it first checks how much of the wait was ours and re-arms for the remainder, so a worker is never
   timed out (and blamed, breaker and all) because this process was too busy to read its answer. It is also re-armable
@@ -30,7 +31,7 @@ class LoopMonitor:
         self.interval_s = interval_s
         self.clock = clock
         self.lag_total = 0.0  # seconds of lag since start
-        self.lag_recent = 0.0  # the latest tick's lag, decaying (an exponential average over ~8 ticks)
+        self.lag_recent = 0.0  # the latest tick's lag, or half the previous figure if that is more
         self._due: float | None = None
         self._handle: asyncio.TimerHandle | None = None
 
@@ -50,7 +51,8 @@ class LoopMonitor:
         if self._due is not None:
             late = max(0.0, now - self._due)
             self.lag_total += late
-            self.lag_recent += (late - self.lag_recent) / 8
+            # Up at once, down by half a tick: one stall sheds for a few ticks, a sustained lag keeps shedding.
+            self.lag_recent = max(late, self.lag_recent / 2)
         self._due = now + self.interval_s
         if self._handle is not None:
             self._handle = asyncio.get_running_loop().call_later(self.interval_s, self.tick)
@@ -61,9 +63,8 @@ class LoopMonitor:
         return self.lag_total + pending
 
     def lag_now(self) -> float:
-        now = self.clock()
-        pending = 0.0 if self._due is None else max(0.0, now - self._due)
-        return max(self.lag_recent, pending)
+        """How far behind the loop has been running lately (for shedding)."""
+        return self.lag_recent
 
 
 class FairDeadline:

@@ -150,7 +150,12 @@ class OverloadSettings(_Section):
     """Per-process bounds beyond which new requests are shed (503 with retry-after) before admission."""
 
     max_in_flight: int = Field(default=1024, gt=0, description="requests served at once by one process")
-    max_loop_lag_ms: float = Field(default=200.0, gt=0, description="shed new requests while the loop lags this much")
+    max_loop_lag_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        description="shed new requests while the event loop runs this far behind (lower it to trade refusals for "
+        "latency; on a box shared with other busy processes, bursts alone can cause a few hundred ms)",
+    )
 
 
 class ResponsesSettings(_Section):

@@ -29,7 +29,10 @@ def test_monitor_counts_how_late_each_tick_runs() -> None:
     assert monitor.lag_until(clock.now) == pytest.approx(0.25), "a tick overdue right now counts already"
     monitor.tick()
     assert monitor.lag_total == pytest.approx(0.25)
-    assert monitor.lag_now() > 0.02
+    assert monitor.lag_now() == pytest.approx(0.25)
+    clock.now += 0.01
+    monitor.tick()
+    assert monitor.lag_now() == pytest.approx(0.125), "lag decays by half a tick once the loop keeps up"
 
 
 async def test_fair_deadline_does_not_count_our_own_lag() -> None:
