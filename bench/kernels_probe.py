@@ -12,6 +12,7 @@ it showed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -35,6 +36,7 @@ from sparsegate.kernels.dsa._layout import MLA_ROW_BYTES, PAGE_SIZE
 from tests.kernels.dsa_inputs import block_table, head_weights, index_pages, index_queries, mla_cache, mla_queries
 
 mla = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")
+two_pass = importlib.import_module("sparsegate.kernels.dsa.sparse_mla_two_pass")
 SM_SCALE = 256**-0.5
 ADA = (8, 9)
 
@@ -59,6 +61,12 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
+def _compiled_report(label: str, name: str) -> str:
+    launches = {"split-K": mla.last_launch()[1], "scores": two_pass.last_launch()[0][1]}
+    compiled = launches.get(label, launches["scores"] if "scores" in name else two_pass.last_launch()[1][1])
+    return f"regs {getattr(compiled, 'n_regs', '?')} spills {getattr(compiled, 'n_spills', '?')}"
+
+
 def probe_sparse_mla(ceil: object, old: ModuleType | None, shapes: list[tuple[int, int]]) -> None:
     gen = torch.Generator(device="cuda").manual_seed(7)
     num_slots = 1 << 20
@@ -73,40 +81,42 @@ def probe_sparse_mla(ceil: object, old: ModuleType | None, shapes: list[tuple[in
         flops = 2.0 * tokens * heads * 2048 * 1088
         nbytes = tokens * 2048 * MLA_ROW_BYTES + tokens * heads * 1088 * 2
         floor = max(nbytes / ceil.copy_gbs / 1e6, flops / ceil.bf16_tflops / 1e9)  # type: ignore[attr-defined]
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        variants = [
+            ("split-K", partial(mla.split_k_sparse_mla, multiprocessors=sms), [mla._sparse_mla_kernel]),
+            ("two-pass", partial(two_pass.two_pass_sparse_mla, multiprocessors=sms),
+             [two_pass._mla_scores_kernel, two_pass._mla_values_kernel]),
+            ("sparse_mla", mla.sparse_mla, []),
+        ]  # fmt: skip
+        if tokens == 1:
+            variants = [v for v in variants if v[0] != "two-pass"]
         for arch in ("hopper", "ada"):
-            for label, module in (("new", mla), ("old", old)):
-                if module is None:
-                    continue
-                kernel = module._sparse_mla_kernel
-                kernel.cache.clear()
+            for label, fn, kernels in variants:
+                for kernel in kernels:
+                    kernel.cache.clear()
                 try:
-                    if arch == "ada":
-                        with assume_capability(ADA):
-                            out, lse = module.sparse_mla(q, kv, idx, SM_SCALE)
-                            ms = graph_ms(partial(module.sparse_mla, q, kv, idx, SM_SCALE))
-                    else:
-                        out, lse = module.sparse_mla(q, kv, idx, SM_SCALE)
-                        ms = graph_ms(partial(module.sparse_mla, q, kv, idx, SM_SCALE))
+                    with assume_capability(ADA) if arch == "ada" else contextlib.nullcontext():
+                        out, lse = fn(q, kv, idx, SM_SCALE)
+                        ms = graph_ms(partial(fn, q, kv, idx, SM_SCALE))
                 except Exception as exc:  # report and go on: one broken variant must not end the probe
                     print(f"  sparse_mla T={tokens} H={heads} {arch} {label}: FAILED {type(exc).__name__}: {exc}")
                     continue
                 err, lerr = rel_err(out[:check], ref), rel_err(lse[:check], ref_lse)
-                regs = ""
-                if label == "new":
-                    _, compiled = mla.last_launch()
-                    regs = f"regs {getattr(compiled, 'n_regs', '?')} spills {getattr(compiled, 'n_spills', '?')}"
-                timings = getattr(kernel, "configs_timings", None) or {}
-                ranked = sorted(
-                    ((float(v[0] if isinstance(v, list | tuple) else v), str(c)) for c, v in timings.items())
-                )
                 print(
                     f"  sparse_mla T={tokens} H={heads} {arch} {label}: {ms * 1000:.1f} us,"
-                    f" {100 * floor / ms:.0f}% of floor ({floor * 1000:.1f} us), err {err:.1e}/{lerr:.1e},"
-                    f" {kernel.best_config} {regs}",
+                    f" {100 * floor / ms:.0f}% of floor ({floor * 1000:.1f} us), err {err:.1e}/{lerr:.1e}",
                     flush=True,
                 )
-                for t, c in ranked[:6]:
-                    print(f"      {t * 1000:8.1f} us  {c}")
+                for kernel in kernels:
+                    name = kernel.fn.__name__
+                    cfg = kernel.best_config
+                    print(f"      ran {name}: {cfg} {_compiled_report(label, name)}", flush=True)
+                    timings = getattr(kernel, "configs_timings", None) or {}
+                    ranked = sorted(
+                        ((float(v[0] if isinstance(v, list | tuple) else v), str(c)) for c, v in timings.items())
+                    )
+                    for t, c in ranked[:5]:
+                        print(f"      {t * 1000:8.1f} us  {c}")
         if sglang is not None:
             fused, decode, prefill = sglang
             q_nope, q_rope = q[..., :512], q[..., 512:]
@@ -190,13 +200,12 @@ def ncu_target(tokens: int, heads: int, spec: str) -> None:
     lse = torch.empty(tokens, heads, device="cuda")
     part = torch.empty(tokens * splits * heads * 512, device="cuda")
     part_lse = torch.empty(tokens * splits * heads, device="cuda")
-    arrivals = torch.zeros(4096, dtype=torch.int32, device="cuda")
     grid = (triton.cdiv(heads, bh), splits, tokens)
     for _ in range(3):
         mla._sparse_mla_kernel.fn[grid](
             q, kv.view(torch.float8_e4m3fn), kv.view(torch.float32), kv.view(torch.bfloat16), idx, out, lse,
-            part, part_lse, arrivals, SM_SCALE * 1.4426950408889634, heads, 2048, q.stride(0), q.stride(1),
-            idx.stride(0), 32, splits, 90, splits, PARTIAL=splits > 1, MAX_SPLITS=16, ROW_BYTES=656,
+            part, part_lse, SM_SCALE * 1.4426950408889634, heads, 2048, q.stride(0), q.stride(1),
+            idx.stride(0), 32, splits, 90, splits, PARTIAL=splits > 1, ROW_BYTES=656,
             SCALE_OFFSET=512, ROPE_OFFSET=528, LATENT=512, TILES=4, ROPE=64, BLOCK_H=bh, BLOCK_N=bn,
             DEQUANT=bool(dq), num_warps=warps, num_stages=stages,
         )  # fmt: skip

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import rig
 import targets
 from rig import (
     REPO,
@@ -103,10 +104,12 @@ def overload_phase(up: Upstream, helpers: dict[str, Path], workdir: Path, args: 
         up.pace(0)
         run_loadgen(helpers, gw.port, body, workdir, conns=16, duration_s=1, warmup_s=0)  # warm-up
         print("  unloaded", flush=True)
+        # open loop: every arrival counts, so no warm-up window (the run above warmed the gateway up)
         out["unloaded"] = summary(
-            run_loadgen(helpers, gw.port, body, workdir, rate=args.unloaded_rate, duration_s=args.phase_s, warmup_s=0.5)
+            run_loadgen(helpers, gw.port, body, workdir, rate=args.unloaded_rate, duration_s=args.phase_s, warmup_s=0)
         )
         print("  saturation (64 kept-alive connections)", flush=True)
+        out["unloaded"]["offered_rps"] = args.unloaded_rate
         out["saturation"] = summary(
             run_loadgen(helpers, gw.port, body, workdir, conns=64, duration_s=args.phase_s, warmup_s=1)
         )
@@ -146,6 +149,13 @@ def overload_phase(up: Upstream, helpers: dict[str, Path], workdir: Path, args: 
 
 def disconnect_phase(up: Upstream, helpers: dict[str, Path], workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     body = chat_body(args.stream_chunks, True)
+    # The rig's floor first: the same drops straight at the upstream, which logs each close it sees.
+    up.pace(20)
+    up.reset()
+    print(f"  direct: {args.streams} streams, every second one dropped after 10-25 chunks", flush=True)
+    direct = run_loadgen(helpers, up.port, body, workdir, conns=args.streams, once=True, drop_every=2, drop_after=10)
+    time.sleep(1)  # the last closes still on their way
+    floor = analyse_disconnects(direct, up.stats(), {})["upstream_close_latency_ms"]
     with targets.sparsegate(up, workdir, log_level="info", name="sparsegate-disconnect") as gw:
         up.pace(20)
         up.reset()
@@ -170,7 +180,9 @@ def disconnect_phase(up: Upstream, helpers: dict[str, Path], workdir: Path, args
             if line.startswith("{") and '"event":"request"' in line:
                 rec = json.loads(line)
                 records[rec.get("request_id")] = rec
-    return analyse_disconnects(raw, stats, records)
+    out = analyse_disconnects(raw, stats, records)
+    out["direct_close_latency_ms"] = floor
+    return out
 
 
 def analyse_disconnects(raw: dict[str, Any], stats: dict[str, Any], records: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +215,7 @@ def analyse_disconnects(raw: dict[str, Any], stats: dict[str, Any], records: dic
     return {
         "streams": len(raw["streams"]),
         "dropped": len(raw["drops"]),
-        "completed": sum(1 for s in raw["streams"] if s[3]),
+        "completed": sum(1 for s in raw["streams"] if s[3] and s[4] == 200),
         "status": raw["status"],
         "aborts_received": len(abort_ms),
         "drops_without_abort": missing,
@@ -256,8 +268,8 @@ def render(r: dict[str, Any]) -> str:
             f"| non-200 latency p50 / p99 | {_f(ov['non200_latency_ms']['p50'], 2)} / "
             f"{_f(ov['non200_latency_ms']['p99'], 2)} ms |",
             f"| admitted TTFT p50 / p99 at 2x | {_f(ov['ttft_ms']['p50'], 2)} / {_f(ov['ttft_ms']['p99'], 2)} ms |",
-            f"| unloaded TTFT p50 / p99 ({un['rps']:.0f} req/s) | {_f(un['ttft_ms']['p50'], 2)} / "
-            f"{_f(un['ttft_ms']['p99'], 2)} ms |",
+            f"| unloaded TTFT p50 / p99 ({un.get('offered_rps', un['rps']):.0f} req/s, open loop) | "
+            f"{_f(un['ttft_ms']['p50'], 2)} / {_f(un['ttft_ms']['p99'], 2)} ms |",
             f"| admitted p99 TTFT / unloaded p99 TTFT | {_f(ratio, 2)}x |",
         ]
     d = r.get("disconnect_phase") or {}
@@ -265,15 +277,20 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"\nDisconnect phase failed: {d['failed']}")
     elif d:
         a, c = d["abort_latency_ms"], d["upstream_close_latency_ms"]
+        floor = d.get("direct_close_latency_ms") or {}
         lines += [
             "",
             "| disconnects | measured |",
             "|---|---:|",
             f"| streams / dropped by the client / completed | {d['streams']} / {d['dropped']} / {d['completed']} |",
+            f"| status of the answers that ended (dropped streams not counted) | "
+            f"{', '.join(f'{k}: {v:,}' for k, v in sorted(d['status'].items()))} |",
             f"| /abort_request received for dropped streams | {d['aborts_received']} of {d['dropped']} |",
             f"| close -> /abort_request p50 / p99 / max | {_f(a['p50'], 2)} / {_f(a['p99'], 2)} / "
             f"{_f(a['max'], 2)} ms |",
             f"| close -> upstream connection closed p50 / p99 (n) | {_f(c['p50'], 2)} / {_f(c['p99'], 2)} ({c['n']}) |",
+            f"| the rig's floor: close -> upstream saw it, no gateway, p50 / p99 (n) | "
+            f"{_f(floor.get('p50'), 2)} / {_f(floor.get('p99'), 2)} ({floor.get('n')}) |",
             f"| completion tokens charged / delivered | {d['charged_tokens']:,} / {d['delivered_tokens']:,} |",
             f"| streams charged more than delivered (max, total excess) | {d['overcharged_streams']} "
             f"({d['overcharge_max']}, {d['overcharge_total']}) |",
@@ -303,7 +320,7 @@ def main() -> int:
     helpers = build_helpers(Path(args.cache_dir).resolve())
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([rig.shown_python(), *sys.argv]),
         "commit": git_commit(),
         "machine": machine(),
         "quiet": wait_quiet(args.wait_quiet),

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import peers_report
+import rig
 import targets
 from rig import (
     REPO,
@@ -179,6 +180,7 @@ def _loadgen_summary(raw: dict[str, Any]) -> dict[str, Any]:
         "rps",
         "window_s",
         "content_events",
+        "tokens",
         "latency_ms",
         "ttft_ms",
         "gap_ms",
@@ -197,7 +199,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     quiet = wait_quiet(args.wait_quiet)
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([rig.shown_python(), *sys.argv]),
         "commit": git_commit(),
         "machine": machine(),
         "quiet": quiet,

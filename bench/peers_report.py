@@ -56,6 +56,18 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Callable[[str], str]]]:
         values = [_get(r, "targets", n, "nonstream", str(c), "cpu_ms_per_request") for c in (1, 16, 64)]
         return " / ".join(_num(v, 3) for v in values) if any(v is not None for v in values) else "–"
 
+    def gaps(n: str) -> str:
+        if _get(r, "targets", n, "paced256", "gap_ms", "n") == 0:
+            return "no two chunks of a stream relayed in the window"
+        return _pair(
+            _num(_get(r, "targets", n, "paced256", "gap_ms", "p50")),
+            _num(_get(r, "targets", n, "paced256", "gap_ms", "p99")),
+        )
+
+    def load(n: str) -> str:
+        start, end = _get(r, "targets", n, "loadavg_start"), _get(r, "targets", n, "loadavg_end")
+        return _pair(_num(start[0] if start else None), _num(end[0] if end else None))
+
     def errors(n: str) -> str:
         t = _get(r, "targets", n)
         if not isinstance(t, dict):
@@ -98,18 +110,13 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Callable[[str], str]]]:
             "CPU per relayed event, 64 paced streams (µs)",
             lambda n: _num(_get(r, "targets", n, "paced64", "cpu_us_per_event"), 1),
         ),
-        (
-            "inter-chunk gap p50 / p99, 256 paced streams (ms)",
-            lambda n: _pair(
-                _num(_get(r, "targets", n, "paced256", "gap_ms", "p50")),
-                _num(_get(r, "targets", n, "paced256", "gap_ms", "p99")),
-            ),
-        ),
+        ("inter-chunk gap p50 / p99, 256 paced streams (ms)", gaps),
         (
             "added p99 inter-chunk gap, 256 paced streams (ms)",
             lambda n: _num(added(r, n, "paced256", "gap_ms", "p99"), signed=True),
         ),
         ("answers not 200 or cut short (all runs)", errors),
+        ("1-min load average before / after this target's runs", load),
     ]
 
 

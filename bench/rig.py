@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -388,3 +389,12 @@ def pct(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def shown_python() -> str:
+    """The interpreter as the command line that ran a script would name it (`.venv/bin/python` in the repo)."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return exe.name

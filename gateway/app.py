@@ -33,6 +33,7 @@ from sparsegate.gateway.ledger.service import Ledger, build_sink
 from sparsegate.gateway.limits import build_limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing, provider_from_settings
 from sparsegate.gateway.observability.logs import request_id_var
+from sparsegate.gateway.openapi import install_openapi
 from sparsegate.gateway.overload import LoopMonitor, Shedder
 from sparsegate.gateway.pipeline import ENDPOINTS, serve
 from sparsegate.gateway.record import Observer
@@ -181,6 +182,7 @@ def create_app(
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_exception)
     app.include_router(api)
+    install_openapi(app)
     app.include_router(admin_api)
     app.add_middleware(RequestIdMiddleware)
     return app

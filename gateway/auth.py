@@ -81,9 +81,7 @@ class KeyStore:
         self._rebuild()
 
     def apply(self, overlay: AdminState) -> None:
-        """A new admin snapshot; an older one than the current is ignored."""
-        if overlay.version < self._overlay.version:
-            return
+        """A new admin snapshot (the store hands them over in order)."""
         self._overlay = overlay
         self._rebuild()
 

@@ -35,6 +35,7 @@ HTTP clients and `limits/` for redis.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -42,6 +43,15 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# A URL in a message is an internal host (a worker, Redis): operators see it in the logs, clients never do.
+_INTERNAL_URL = re.compile(r"\s*\b(?:https?|redis|rediss|unix)://[^\s,;)]*?(?=[.,;:)]?(?:\s|$))")
+
+
+def client_message(message: str) -> str:
+    """The message as a client may read it: without internal host names (`worker http://10.0.0.5:30000 failed`
+    becomes `worker failed`). Every client-facing error body goes through `envelope`, hence through here."""
+    return _INTERNAL_URL.sub("", message)
 
 
 class GatewayError(Exception):
@@ -76,7 +86,7 @@ class GatewayError(Exception):
     def envelope(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": self.message,
+                "message": client_message(self.message),
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.error_code,

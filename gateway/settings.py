@@ -210,7 +210,9 @@ class LedgerSettings(_Section):
     file: Path | None = Field(
         default=None, description="without Redis: the append-only file (unset: kept in memory only, not durable)"
     )
-    fsync: Literal["always", "never"] = Field(default="always", description="fsync the file after every record")
+    fsync: Literal["always", "never"] = Field(
+        default="always", description="a thread fsyncs after writes (group commit)"
+    )
     stream_maxlen: int | None = Field(default=None, gt=0, description="Redis stream trim (approximate); None keeps all")
     prices: dict[str, Price] = Field(default_factory=dict, description="per model; spend is left out without one")
 

@@ -37,8 +37,16 @@ class SimConfig:
     """How long a request keeps generating after its client left, as SGLang notices disconnects late."""
     health_timeout_s: float = 20.0
     """`/health_generate` answers 503 when its one-token generation takes longer than this."""
+    enable_cache_report: bool = False
+    """SGLang's `--enable-cache-report`: usage carries `prompt_tokens_details.cached_tokens`."""
+    enable_priority_scheduling: bool = False
+    """SGLang's flag: `/metrics` adds `priority` labels (totals under `""`, one series per priority)."""
+    legacy_get_load: bool = False
+    """Also serve `/get_load`, as SGLang releases before `/v1/loads` did (0.5.23 has none)."""
+    prefix_cache_tokens: int | None = None
+    """Prefix cache size in tokens (LRU of 16-token blocks); defaults to the KV pool size; 0 turns it off."""
     seed: int = 0
-    """Seeds the fault dice (`error_rate`); generated text depends on the prompt only."""
+    """Seeds the fault dice (`error_rate`); generated text depends on the request only."""
     recent_limit: int = 500
     """How many requests `/sim/stats` remembers."""
     log_level: str = "warning"
@@ -51,6 +59,8 @@ class SimConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise ValueError(f"max_total_tokens must be at least 1, got {self.max_total_tokens}")
+        if self.prefix_cache_tokens is not None and self.prefix_cache_tokens < 0:
+            raise ValueError(f"prefix_cache_tokens must not be negative, got {self.prefix_cache_tokens}")
         for name in (
             "ttft_base_ms",
             "ttft_per_1k_prompt_tokens_ms",
@@ -93,6 +103,11 @@ def build_parser(prog: str = "python -m sparsegate.backends.sim") -> argparse.Ar
     parser.add_argument("--max-context", type=int, default=defaults.max_context, help="context length in tokens")
     parser.add_argument("--max-running", type=int, default=defaults.max_running, help="requests decoding at once")
     parser.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for token_usage")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=None, help="prefix cache size (0: off)")
+    sglang = parser.add_argument_group("SGLang server flags the simulator honours")
+    sglang.add_argument("--enable-cache-report", action="store_true", help="report cached_tokens in usage")
+    sglang.add_argument("--enable-priority-scheduling", action="store_true", help="priority labels in /metrics")
+    sglang.add_argument("--legacy-get-load", action="store_true", help="also serve /get_load, like older SGLang")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--ttft-base-ms", type=float, default=defaults.ttft_base_ms)
     timing.add_argument("--ttft-per-1k-prompt-tokens-ms", type=float, default=defaults.ttft_per_1k_prompt_tokens_ms)
@@ -105,6 +120,8 @@ def build_parser(prog: str = "python -m sparsegate.backends.sim") -> argparse.Ar
     faults.add_argument("--error-status", type=int, default=fault_defaults.error_status)
     faults.add_argument("--stall-ms", type=float, default=fault_defaults.stall_ms)
     faults.add_argument("--drop-after-tokens", type=int, default=None)
+    faults.add_argument("--abort-after-tokens", type=int, default=None)
+    faults.add_argument("--abort-status", type=int, default=None)
     faults.add_argument("--unhealthy", action="store_true")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds the error_rate dice")
     parser.add_argument("--recent-limit", type=int, default=defaults.recent_limit)
@@ -122,6 +139,8 @@ def parse_config(argv: Sequence[str] | None = None) -> SimConfig:
             error_status=args.error_status,
             stall_ms=args.stall_ms,
             drop_after_tokens=args.drop_after_tokens,
+            abort_after_tokens=args.abort_after_tokens,
+            abort_status=args.abort_status,
             unhealthy=args.unhealthy,
         )
         return SimConfig(
@@ -132,6 +151,10 @@ def parse_config(argv: Sequence[str] | None = None) -> SimConfig:
             model_path=args.model_path,
             max_running=args.max_running,
             max_total_tokens=args.max_total_tokens,
+            prefix_cache_tokens=args.prefix_cache_tokens,
+            enable_cache_report=args.enable_cache_report,
+            enable_priority_scheduling=args.enable_priority_scheduling,
+            legacy_get_load=args.legacy_get_load,
             ttft_base_ms=args.ttft_base_ms,
             ttft_per_1k_prompt_tokens_ms=args.ttft_per_1k_prompt_tokens_ms,
             itl_ms=args.itl_ms,

@@ -5,7 +5,10 @@ what lets the simulator behave like SGLang when a client leaves: the response st
 on until the disconnect is "noticed" `disconnect_detect_ms` later. Only `/abort_request` stops a request
 at once, so the gateway's tests can tell whether the gateway called it.
 
-A request holds one slot whatever its `n`; its choices advance together, one token each per step.
+A request holds one slot whatever its `n`; its choices advance together, one token each per step. As in
+SGLang (`io_struct._normalize_rid`), choice `i` of an `n > 1` request answers to its own rid `<rid>_i`:
+`/abort_request` stops that choice alone, and the base rid matches nothing. Load figures count choices,
+since SGLang runs each `rid_i` as a request of its own.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .cache import PrefixCache
 from .metrics import SimMetrics
 from .model import ChoicePlan, FinishReason, TimingModel
 from .stats import RequestRecord, Settled, SimStats
 
-StopReason = Literal["abort", "disconnected", "dropped", "shutdown"]
+StopReason = Literal["abort", "disconnected", "dropped", "shutdown", "worker_abort"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +70,28 @@ class RequestHandle:
         record: RequestRecord | None,
         stall_s: float = 0.0,
         disconnect_detect_s: float = 0.0,
+        prompt_key: str = "",
+        priority: int | None = None,
+        stream: bool = False,
+        abort_after_tokens: int | None = None,
+        abort_status: int | None = None,
     ) -> None:
         self.rid = rid
         self.choices = tuple(choices)
+        self.rids = (rid,) if len(self.choices) == 1 else tuple(f"{rid}_{i}" for i in range(len(self.choices)))
+        """The rid of each choice: SGLang expands a rid into `rid_0 ... rid_{n-1}` when `n > 1`."""
+        self.choice_stops: list[StopReason | None] = [None] * len(self.choices)
+        self.abort_after_tokens = abort_after_tokens
+        self.abort_status = abort_status
+        """Set when the worker itself aborted the request with an error status (SGLang's `FINISH_ABORT`)."""
         self.prompt_tokens = prompt_tokens
+        self.prompt_key = prompt_key
+        """Canonical prompt text: what the prefix cache matches."""
+        self.priority = priority
+        self.stream = stream
+        self.cached_tokens = 0
+        """Prompt tokens found in the prefix cache at admission (SGLang's `cached_tokens`)."""
+        self.admitted = False
         self.record = record
         self.stall_s = stall_s
         self.events: asyncio.Queue[Event] = asyncio.Queue()
@@ -97,6 +119,15 @@ class RequestHandle:
             self._waker.set_result(None)
         if self.admission is not None and not self.admission.done():
             self.admission.set_result(False)
+        return True
+
+    def stop_choice(self, index: int, reason: StopReason) -> bool:
+        """Stop one choice at the next step (`/abort_request` naming `rid_i`); False when it had ended."""
+        if self.finished or self.ended[index] or self.choice_stops[index] is not None:
+            return False
+        self.choice_stops[index] = reason
+        if all(ended or stop is not None for ended, stop in zip(self.ended, self.choice_stops, strict=True)):
+            self.stop(reason)
         return True
 
     def client_gone(self) -> None:
@@ -147,12 +178,14 @@ class Engine:
         timing: TimingModel,
         stats: SimStats,
         metrics: SimMetrics | None = None,
+        cache: PrefixCache | None = None,
     ) -> None:
         self.max_running = max_running
         self.kv_capacity_tokens = kv_capacity_tokens
         self.timing = timing
         self.stats = stats
         self.metrics = metrics
+        self.cache = cache
         self.running = 0
         self.kv_used_tokens = 0
         self.queued_prompt_tokens = 0
@@ -160,6 +193,7 @@ class Engine:
         """`time.monotonic()` of the last token any request produced: the scheduler's heartbeat."""
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._visible: dict[str, RequestHandle] = {}
+        self._live: set[RequestHandle] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -171,26 +205,40 @@ class Engine:
         """Share of the KV pool in use, 0..1."""
         return min(1.0, self.kv_used_tokens / self.kv_capacity_tokens)
 
+    def running_by_priority(self) -> dict[int | None, int]:
+        """Running requests (choices) per priority (health probes included, as in SGLang's running batch)."""
+        return _count_priorities(h for h in self._live if h.admitted)
+
+    def queued_by_priority(self) -> dict[int | None, int]:
+        """Queued requests (choices) per priority."""
+        return _count_priorities(h for h in self._live if not h.admitted and h.admission is not None)
+
     def active_rids(self) -> list[str]:
         """Rids of requests queued or running (health probes excluded)."""
         return list(self._visible)
 
     def is_active(self, rid: str) -> bool:
-        """Whether a request with this rid is queued or running."""
+        """Whether a request (or choice) with this rid is queued or running."""
         return rid in self._visible
 
     def submit(self, handle: RequestHandle) -> None:
         """Start a request; its events arrive on `handle.events`, ending with an `EndEvent`."""
         if handle.record is not None:
-            self._visible[handle.rid] = handle
+            for rid in handle.rids:
+                self._visible[rid] = handle
+        self._live.add(handle)
         task = asyncio.get_running_loop().create_task(self._run(handle), name=f"sim-request-{handle.rid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def abort(self, rid: str) -> bool:
-        """`/abort_request {"rid": ...}`: stop that request now. False when no such request runs."""
+        """`/abort_request {"rid": ...}`: stop that request (or that choice) now. False when none runs."""
         handle = self._visible.get(rid)
-        return handle.stop("abort") if handle is not None else False
+        if handle is None:
+            return False
+        if len(handle.rids) == 1:
+            return handle.stop("abort")
+        return handle.stop_choice(handle.rids.index(rid), "abort")
 
     def abort_all(self) -> int:
         """`/abort_request {"abort_all": true}`: stop every request; returns how many were stopped."""
@@ -198,7 +246,7 @@ class Engine:
 
     def stop_all(self, reason: StopReason) -> int:
         """Stop every request (health probes end on their own); returns how many were stopped."""
-        return sum(handle.stop(reason) for handle in list(self._visible.values()))
+        return sum(handle.stop(reason) for handle in set(self._visible.values()))
 
     async def aclose(self) -> None:
         """Stop every request (server shutdown) and wait for their tasks."""
@@ -226,13 +274,15 @@ class Engine:
             return False
         if self.running < self.max_running and not any(not waiter.done() for waiter in self._waiters):
             self.running += 1
+            handle.admitted = True
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         handle.admission = waiter
         self._waiters.append(waiter)
         self.queued_prompt_tokens += handle.prompt_tokens
         try:
-            return await waiter
+            handle.admitted = await waiter
+            return handle.admitted
         except asyncio.CancelledError:
             # Cancelled right after a slot was handed over: give it back, or it leaks.
             if waiter.done() and not waiter.cancelled() and waiter.result():
@@ -254,6 +304,7 @@ class Engine:
         self.running -= 1
 
     def _release(self, handle: RequestHandle) -> None:
+        handle.admitted = False
         self.kv_used_tokens -= handle.prompt_tokens + handle.completion_tokens
         self._hand_over_slot()
 
@@ -261,14 +312,22 @@ class Engine:
         if handle.record is not None:
             handle.record.status = "running"
         self.kv_used_tokens += handle.prompt_tokens
-        if self.metrics is not None and handle.record is not None:
-            self.metrics.observe_prompt(handle.prompt_tokens)
+        if self.cache is not None and handle.record is not None:
+            handle.cached_tokens = self.cache.match(handle.prompt_key, handle.prompt_tokens)
+            if handle.record is not None:
+                handle.record.cached_tokens = handle.cached_tokens
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timing.ttft_s(handle.prompt_tokens) + handle.stall_s
+        # Prefill computes only what the cache did not hold.
+        uncached = handle.prompt_tokens - handle.cached_tokens
+        deadline = loop.time() + self.timing.ttft_s(uncached) + handle.stall_s
         if await handle.pause_until(deadline):
             return
+        if self.cache is not None and handle.record is not None:
+            self.cache.insert(handle.prompt_key)
         if self.metrics is not None and handle.record is not None:
-            self.metrics.observe_ttft(time.monotonic() - handle.arrived_at)
+            self.metrics.observe_ttft(
+                time.monotonic() - handle.arrived_at, priority=handle.priority, stream=handle.stream
+            )
         step = 0
         while True:
             produced = self._step(handle, step)
@@ -290,6 +349,13 @@ class Engine:
         for index, plan in enumerate(handle.choices):
             if handle.ended[index]:
                 continue
+            if handle.choice_stops[index] is not None:
+                handle.ended[index] = True
+                handle.events.put_nowait(FinishEvent(index, "abort"))
+                continue
+            if handle.abort_after_tokens is not None and handle.generated[index] >= handle.abort_after_tokens:
+                handle.stop("worker_abort")
+                return produced
             if step < plan.tokens:
                 handle.events.put_nowait(TokenEvent(index, plan.pieces[step]))
                 handle.generated[index] += 1
@@ -303,10 +369,17 @@ class Engine:
 
     def _settle(self, handle: RequestHandle) -> None:
         handle.mark_finished()
-        if self._visible.get(handle.rid) is handle:
-            del self._visible[handle.rid]
+        self._live.discard(handle)
+        for rid in handle.rids:
+            if self._visible.get(rid) is handle:
+                del self._visible[rid]
         status: Settled = "completed"
         reasons = [plan.finish_reason for plan in handle.choices]
+        if any(stop is not None for stop in handle.choice_stops):
+            status = "aborted"
+            for index, stop in enumerate(handle.choice_stops):
+                if stop is not None:
+                    reasons[index] = "abort"
         if not all(handle.ended):
             status = _STATUS_BY_STOP[handle.stop_reason or "shutdown"]
             for index, ended in enumerate(handle.ended):
@@ -319,12 +392,30 @@ class Engine:
             error = _ERROR_BY_STOP.get(handle.stop_reason) if status != "completed" else None
             self.stats.settle(handle.record, status, finish_reason=finish, error=error)
             if self.metrics is not None:
-                self.metrics.observe_finished(time.monotonic() - handle.arrived_at, aborted=status == "aborted")
+                self.metrics.observe_finished(
+                    time.monotonic() - handle.arrived_at,
+                    priority=handle.priority,
+                    stream=handle.stream,
+                    prompt_tokens=handle.prompt_tokens,
+                    cached_tokens=handle.cached_tokens,
+                    completion_tokens=handle.completion_tokens,
+                    aborted=status == "aborted",
+                )
         handle.events.put_nowait(EndEvent(status, handle.prompt_tokens, handle.completion_tokens))
+
+
+def _count_priorities(handles: Iterable[RequestHandle]) -> dict[int | None, int]:
+    counts: dict[int | None, int] = {}
+    for handle in handles:
+        live = sum(not ended for ended in handle.ended)
+        if live:
+            counts[handle.priority] = counts.get(handle.priority, 0) + live
+    return counts
 
 
 _STATUS_BY_STOP: dict[StopReason, Settled] = {
     "abort": "aborted",
+    "worker_abort": "failed",
     "disconnected": "disconnected",
     "dropped": "failed",
     "shutdown": "failed",
@@ -332,4 +423,5 @@ _STATUS_BY_STOP: dict[StopReason, Settled] = {
 _ERROR_BY_STOP: dict[StopReason | None, str] = {
     "dropped": "connection cut by the drop_after_tokens fault",
     "shutdown": "server shut down",
+    "worker_abort": "aborted by the worker (abort_after_tokens fault)",
 }

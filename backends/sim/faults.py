@@ -27,6 +27,11 @@ class FaultSettings(BaseModel):
     """Extra wait before the first token (and before any response byte, as SGLang sends headers late)."""
     drop_after_tokens: int | None = Field(default=None, ge=0)
     """Cut the connection after this many tokens reached the client: no `[DONE]`, no chunked terminator."""
+    abort_after_tokens: int | None = Field(default=None, ge=0)
+    """The worker aborts each request after this many tokens of a choice, as SGLang's scheduler does on its
+    own errors: `finish_reason: "abort"`, or with `abort_status` an error (event mid-stream)."""
+    abort_status: int | None = Field(default=None, ge=400, le=599)
+    """Status of the `abort_after_tokens` abort; None is a graceful abort (no status)."""
     unhealthy: bool = False
     """`/health`, `/health_generate` and generation answer 503."""
 

@@ -67,6 +67,14 @@ def completion_prompt_tokens(text: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallPlan:
+    """The choice is a call of function `name`; its pieces are the arguments' JSON text."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChoicePlan:
     """One choice's output, decided before any time passes: the text of each token, and how it ends.
 
@@ -76,6 +84,9 @@ class ChoicePlan:
     pieces: tuple[str, ...]
     finish_reason: FinishReason
     matched_stop: str | None = None
+    tool_call: ToolCallPlan | None = None
+    seed_key: str = ""
+    """What this choice's logprobs are derived from."""
 
     @property
     def text(self) -> str:
@@ -88,8 +99,19 @@ class ChoicePlan:
         return len(self.pieces)
 
 
-def _words(prompt_key: str, index: int) -> tuple[int, Iterable[str]]:
-    digest = hashlib.sha256(f"{index}\x00{prompt_key}".encode()).digest()
+def choice_key(prompt_key: str, index: int, seed: int | None = None) -> str:
+    """What seeds choice `index`'s output: the prompt, the index, and the request's `seed` when it gave one."""
+    base = f"{index}\x00{prompt_key}"
+    return base if seed is None else f"seed={seed}\x00{base}"
+
+
+def choice_rng(key: str) -> random.Random:
+    """A PRNG seeded by a choice key."""
+    return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:16], "big"))
+
+
+def _words(prompt_key: str, index: int, seed: int | None = None) -> tuple[int, Iterable[str]]:
+    digest = hashlib.sha256(choice_key(prompt_key, index, seed).encode()).digest()
     rng = random.Random(int.from_bytes(digest[:16], "big"))
     natural = rng.randint(NATURAL_MIN_TOKENS, NATURAL_MAX_TOKENS)
 
@@ -108,13 +130,16 @@ def plan_choice(
     room: int,
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
+    seed: int | None = None,
 ) -> ChoicePlan:
     """Decide the output of choice `index` for a prompt.
 
     `room` is what the context has left after the prompt; `ignore_eos` (an SGLang extension) makes the
-    choice run to `max_tokens` instead of its natural length, as load benchmarks want.
+    choice run to `max_tokens` instead of its natural length, as load benchmarks want. A `seed` picks
+    other words, repeatably.
     """
-    natural, words = _words(prompt_key, index)
+    key = choice_key(prompt_key, index, seed)
+    natural, words = _words(prompt_key, index, seed)
     limit = natural
     finish: FinishReason = "stop"
     if max_tokens is not None and (ignore_eos or max_tokens < natural):
@@ -134,8 +159,40 @@ def plan_choice(
         match = _earliest_stop(text, stops, scan_from)
         if match is not None:
             cut, matched = match
-            return ChoicePlan(_truncate(pieces, cut), "stop", matched)
-    return ChoicePlan(tuple(pieces), finish)
+            return ChoicePlan(_truncate(pieces, cut), "stop", matched, seed_key=key)
+    return ChoicePlan(tuple(pieces), finish, seed_key=key)
+
+
+def plan_text(
+    text: str,
+    *,
+    max_tokens: int | None,
+    room: int,
+    seed_key: str,
+    tool_call: ToolCallPlan | None = None,
+) -> ChoicePlan:
+    """A choice that emits fixed `text` (JSON of a schema, a tool call's arguments), about 4 bytes a token.
+
+    Cut with `"length"` when `max_tokens` or the context runs out first, as a constrained decoder would be.
+    """
+    pieces = _split_tokens(text)
+    limit = len(pieces) if max_tokens is None else min(len(pieces), max_tokens)
+    limit = min(limit, max(room, 0))
+    finish: FinishReason = "stop" if limit == len(pieces) else "length"
+    return ChoicePlan(tuple(pieces[:limit]), finish, tool_call=tool_call, seed_key=seed_key)
+
+
+def _split_tokens(text: str) -> list[str]:
+    pieces: list[str] = []
+    current = ""
+    for char in text:
+        current += char
+        if len(current.encode("utf-8")) >= 4:
+            pieces.append(current)
+            current = ""
+    if current or not pieces:
+        pieces.append(current)
+    return pieces
 
 
 def _earliest_stop(text: str, stops: Sequence[str], scan_from: int) -> tuple[int, str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .cache import PrefixCache
 from .config import SimConfig
 from .engine import Engine
 from .faults import FaultInjector
@@ -34,17 +35,23 @@ class SimState:
             itl_ms=config.itl_ms,
             itl_per_running_ms=config.itl_per_running_ms,
         )
+        cache_tokens = config.kv_capacity_tokens if config.prefix_cache_tokens is None else config.prefix_cache_tokens
+        cache = PrefixCache(cache_tokens)
         engine = Engine(
             max_running=config.max_running,
             kv_capacity_tokens=config.kv_capacity_tokens,
             timing=timing,
             stats=stats,
+            cache=cache,
         )
         metrics = SimMetrics(
             config.model,
-            running=lambda: engine.running,
-            queued=lambda: engine.queued,
+            running=engine.running_by_priority,
+            queued=engine.queued_by_priority,
             token_usage=engine.token_usage,
+            used_tokens=lambda: engine.kv_used_tokens,
+            cache_hit_rate=cache.hit_rate,
+            priority_scheduling=config.enable_priority_scheduling,
         )
         engine.metrics = metrics
         return cls(

@@ -42,6 +42,7 @@ class RequestRecord:
     model: str | None = None
     stream: bool | None = None
     prompt_tokens: int | None = None
+    cached_tokens: int = 0
     max_tokens: int | None = None
     priority: int | None = None
     status: Status = "queued"
@@ -58,6 +59,7 @@ class RequestRecord:
             "model": self.model,
             "stream": self.stream,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "max_tokens": self.max_tokens,
             "priority": self.priority,
             "status": self.status,

@@ -4,7 +4,7 @@
  *   closed loop (default)  --conns C: C kept-alive connections, each sending its next request when the last ends.
  *   open loop              --rate R: a new connection per request, R requests/s, whatever the answers do.
  *   once                   --once: every connection sends one request; with --drop-every N and --drop-after K,
- *                          every Nth stream is closed by the client after K + (i % 16) content events.
+ *                          every Nth stream is closed by the client once K + (i % 16) tokens ("tok ") arrived.
  * Measures per answer: status, time to the whole answer, time to the first SSE event (TTFT; in closed loop only on
  * connections already used once, i.e. kept alive), gaps between consecutive content events (those carrying "tok "),
  * and for non-200 answers their latency, a retry-after header, and whether the body holds --marker.
@@ -56,6 +56,7 @@ typedef struct {
     long remaining; /* body bytes (content-length) or chunk bytes left */
     uint64_t t_start, t_first, t_last_content;
     int events, content_events;
+    int tokens; /* "tok " seen in content: what was delivered, however the events were cut */
     int drop_at;    /* close after this many content events; 0: never */
     char *in;
     size_t in_len, in_cap;
@@ -80,7 +81,7 @@ static int g_port;
 static int g_epfd;
 static uint64_t g_window_start, g_window_end;
 static series_t s_latency, s_ttft, s_gap, s_non200_latency;
-static long g_ok, g_errors, g_retry_after, g_marked, g_content_events, g_incomplete;
+static long g_ok, g_errors, g_retry_after, g_marked, g_content_events, g_tokens, g_incomplete;
 static long g_status[600];
 static double g_rate;
 static int g_once, g_drop_every, g_drop_after;
@@ -145,7 +146,7 @@ static void send_request(conn_t *c) {
     build_request(c, g_request, &len);
     c->t_start = now_ns();
     c->t_first = c->t_last_content = 0;
-    c->events = c->content_events = 0;
+    c->events = c->content_events = c->tokens = 0;
     c->status = c->chunked = c->retry_after = c->server_close = 0;
     c->remaining = -1;
     c->in_len = c->ev_len = c->body_len = 0;
@@ -164,7 +165,7 @@ static void conn_finish(conn_t *c, int reuse);
 
 static void record_stream(conn_t *c, int complete) {
     if (!g_once) return;
-    fprintf(g_streams, "%s[%d,\"%s\",%d,%d,%d]", g_n_streams++ ? "," : "", c->index, c->id, c->content_events,
+    fprintf(g_streams, "%s[%d,\"%s\",%d,%d,%d]", g_n_streams++ ? "," : "", c->index, c->id, c->tokens,
             complete, c->status);
 }
 
@@ -181,7 +182,10 @@ static void on_event(conn_t *c, uint64_t t) {
             c->id[i] = 0;
         }
     }
-    if (memmem(c->ev, c->ev_len, "tok ", 4)) {
+    int k = 0;
+    for (char *p = c->ev, *end = c->ev + c->ev_len; (p = memmem(p, (size_t)(end - p), "tok ", 4)) != NULL; p += 4) k++;
+    if (k) {
+        c->tokens += k;
         if (c->t_last_content && in_window(t)) series_add(&s_gap, (double)(t - c->t_last_content) / 1e6);
         c->t_last_content = t;
         c->content_events++;
@@ -213,9 +217,9 @@ static void feed_body(conn_t *c, const char *p, size_t n, uint64_t t) {
 
 static void answer_done(conn_t *c, uint64_t t) {
     g_inflight--;
-    /* closed loop: answers that end in the window (a throughput, whatever their start); open loop: every answer to a
-     * request sent in the window, however late it comes */
-    int counted = g_once || (g_rate > 0 ? in_window(c->t_start) : in_window(t));
+    /* closed loop: answers that end in the window (a throughput, whatever their start); open loop: every answer (all
+     * arrivals fall in the window), however late it comes */
+    int counted = g_once || g_rate > 0 || in_window(t);
     if (counted) {
         if (c->status > 0 && c->status < 600) g_status[c->status]++;
         double ms = (double)(t - c->t_start) / 1e6;
@@ -224,6 +228,7 @@ static void answer_done(conn_t *c, uint64_t t) {
             series_add(&s_latency, ms);
             if (c->t_first && (g_rate > 0 || g_once || c->used > 0)) series_add(&s_ttft, (double)(c->t_first - c->t_start) / 1e6);
             g_content_events += c->content_events;
+            g_tokens += c->tokens;
         } else {
             series_add(&s_non200_latency, ms);
             if (c->retry_after) g_retry_after++;
@@ -297,7 +302,7 @@ static int parse(conn_t *c, uint64_t t) {
                 break;
             }
         } else break;
-        if (c->drop_at && c->content_events >= c->drop_at) break;
+        if (c->drop_at && c->tokens >= c->drop_at) break;
     }
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
@@ -339,11 +344,11 @@ static void on_readable(conn_t *c) {
                 conn_finish(c, 1);
                 return;
             }
-            if (c->drop_at && c->content_events >= c->drop_at) {
+            if (c->drop_at && c->tokens >= c->drop_at) {
                 uint64_t tc = now_ns();
                 close(c->fd);
                 fprintf(g_drops, "%s[%d,\"%s\",%llu,%d]", g_n_drops++ ? "," : "", c->index, c->id,
-                        (unsigned long long)tc, c->content_events);
+                        (unsigned long long)tc, c->tokens);
                 record_stream(c, 0);
                 g_inflight--;
                 c->fd = -1;
@@ -543,8 +548,8 @@ int main(int argc, char **argv) {
     fclose(g_streams);
     printf("{\"ok\":%ld,\"errors\":%ld,\"incomplete\":%ld,\"unfinished\":%ld,\"refused\":%ld,\"started\":%ld,"
            "\"window_s\":%.3f,"
-           "\"rps\":%.2f,\"content_events\":%ld,\"retry_after\":%ld,\"marked\":%ld,\"status\":{",
-           g_ok, g_errors, g_incomplete, g_rate > 0 || g_once ? g_inflight : 0, refused, g_started, window_s, (double)g_ok / window_s, g_content_events,
+           "\"rps\":%.2f,\"content_events\":%ld,\"tokens\":%ld,\"retry_after\":%ld,\"marked\":%ld,\"status\":{",
+           g_ok, g_errors, g_incomplete, g_rate > 0 || g_once ? g_inflight : 0, refused, g_started, window_s, (double)g_ok / window_s, g_content_events, g_tokens,
            g_retry_after, g_marked);
     int first = 1;
     for (int s = 0; s < 600; s++)

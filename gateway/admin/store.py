@@ -127,6 +127,7 @@ class RedisStore:
         self._listener: Listener = lambda state: None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
 
     @property
     def state(self) -> AdminState:
@@ -167,7 +168,12 @@ class RedisStore:
             raise AdminStoreUnavailable("The admin state store (Redis) is unavailable; nothing was changed.") from None
 
     async def sync(self) -> None:
-        """Reload the snapshot if its version moved."""
+        """Reload the snapshot if its version moved. One at a time (the poller and a write's own sync), so an
+        older read never lands after a newer one; Redis is the truth, even when it lost its data."""
+        async with self._sync_lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
         version = int(await self._redis(lambda: self._client.get(self._version_key)) or 0)
         if version == self._state.version:
             return
@@ -180,12 +186,13 @@ class RedisStore:
             return list(await pipe.execute())
 
         raw_version, tenants, keys = await self._redis(read)
-        self._state = AdminState(
+        fresh = AdminState(
             version=int(raw_version or 0),
             tenants={k.decode(): TenantSpec.model_validate_json(v) for k, v in tenants.items()},
             keys={k.decode(): KeyRecord.model_validate_json(v) for k, v in keys.items()},
         )
-        self._listener(self._state)
+        self._state = fresh
+        self._listener(fresh)
 
     async def _write(self, hash_key: str, field: str, value: str) -> AdminState:
         async def write() -> list[Any]:

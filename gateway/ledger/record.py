@@ -33,7 +33,11 @@ class UsageRecord(BaseModel):
 
     @classmethod
     def of(cls, record: RequestRecord, now: float | None = None) -> UsageRecord:
+        """The record of a finished request, with the tokens it was charged for, as settling charges them: a request
+        that failed before it produced anything used nothing (its prompt count is the gateway's estimate, never
+        served); a disconnect pays for the prompt and what was streamed."""
         ttft = None if record.first_byte_at is None else round((record.first_byte_at - record.started) * 1000, 3)
+        served = not (record.outcome == "error" and record.completion_tokens == 0)
         return cls(
             uid=record.uid,
             request_id=record.request_id,
@@ -45,9 +49,9 @@ class UsageRecord(BaseModel):
             endpoint=record.endpoint,
             status=record.status,
             outcome=record.outcome,
-            prompt_tokens=record.prompt_tokens,
+            prompt_tokens=record.prompt_tokens if served else 0,
             completion_tokens=record.completion_tokens,
-            cached_tokens=record.cached_tokens,
+            cached_tokens=record.cached_tokens if served else 0,
             ttft_ms=ttft,
             duration_ms=round(record.elapsed() * 1000, 3),
         )

@@ -22,6 +22,7 @@ Python side of both backends turns their raw observations into a Reservation or 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -71,15 +72,23 @@ class BucketSpec:
 
 def day_period(at: float) -> tuple[str, float]:
     """The UTC day holding `at`: its id and the unix time it ends."""
-    start = datetime.fromtimestamp(at, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return start.strftime("%Y%m%d"), start.timestamp() + 86400
+    return _periods(int(at // 86400))[0]
 
 
 def month_period(at: float) -> tuple[str, float]:
     """The UTC month holding `at`: its id and the unix time it ends."""
-    start = datetime.fromtimestamp(at, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start.strftime("%Y%m"), end.timestamp()
+    return _periods(int(at // 86400))[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _periods(day: int) -> tuple[tuple[str, float], tuple[str, float]]:
+    # Unix time has no leap seconds: day n starts at n * 86400 UTC. Cached: every admission asks for the same day.
+    start = datetime.fromtimestamp(day * 86400, UTC)
+    month = start.replace(day=1)
+    month_end = (
+        month.replace(year=month.year + 1, month=1) if month.month == 12 else month.replace(month=month.month + 1)
+    )
+    return (start.strftime("%Y%m%d"), day * 86400 + 86400.0), (month.strftime("%Y%m"), month_end.timestamp())
 
 
 def _budget_specs(prefix: str, scope: str, budgets: Budgets, request: AdmissionRequest) -> list[BucketSpec]:

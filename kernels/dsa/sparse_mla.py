@@ -4,19 +4,20 @@ One program takes a block of heads of one query row (all heads share the latent 
 split of its index list. Per block of BLOCK_N slots it gathers the rows and dequantizes the latent in registers:
 e4m3 times its tile's power-of-two scale is exact in bf16, so the 512-wide latent is one bf16 operand, used by the
 score dot (q_latent . k, plus q_rope . k_rope for the 64 rope columns) and again as V by the output dot, both with
-float32 accumulation. Few query rows (decode) split the index list over programs; the last program of a
-(row, head block) to finish merges the splits through their log-sum-exp in the same launch, counted by an arrival
-counter that it resets for the next call.
+float32 accumulation. Few query rows (decode) split the index list over programs, each writing its partial output
+and log-sum-exp; a second kernel (sparse_mla_merge.py) merges them, spread over heads and value columns.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsegate.kernels.dsa._configs import autotune_configs, capability_key, make_pruner, persistent_zeros, sm_count
+from sparsegate.kernels.dsa._configs import autotune_configs, capability_key, make_pruner, sm_count
 from sparsegate.kernels.dsa._layout import (
     FP8,
     LATENT_DIM,
@@ -29,17 +30,17 @@ from sparsegate.kernels.dsa._layout import (
     ROPE_DIM,
     check_byte_rows,
 )
+from sparsegate.kernels.dsa.sparse_mla_merge import merge_splits
+from sparsegate.kernels.dsa.sparse_mla_two_pass import two_pass_sparse_mla
 
-SPLIT_CHOICES = (1, 2, 4, 8, 16)  # index-list splits the autotuner may pick for few query rows
+SPLIT_CHOICES = (1, 2, 4, 8, 16, 32)  # index-list splits the autotuner may pick for few query rows
 MAX_SPLITS = SPLIT_CHOICES[-1]
-MIN_SPLIT_LEN = 128  # indices per split below which merging costs more than it gains
+MIN_SPLIT_LEN = 64  # indices per split: one BLOCK_N=64 step
+TWO_PASS_MIN_TOKENS = 8  # decode rows from which the two-pass kernels serve (uses_two_passes)
 
 
 def _tile(block_h: int, block_n: int, dequant: bool, warps: int, stages: int) -> triton.Config:
-    # The split merge takes 64 / BLOCK_H splits a step (at most 4): their loads overlap within the registers the
-    # main loop leaves free.
-    unroll = max(1, min(4, 64 // block_h))
-    kwargs = {"BLOCK_H": block_h, "BLOCK_N": block_n, "DEQUANT": dequant, "MERGE_UNROLL": unroll}
+    kwargs = {"BLOCK_H": block_h, "BLOCK_N": block_n, "DEQUANT": dequant}
     return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
 
@@ -65,9 +66,9 @@ SPARSE_MLA_CANDIDATES = [
 # mma.sync the same tile spills (ptxas) and needs more than its 99 KiB of shared memory.
 SPARSE_MLA_HOPPER_ONLY = [c for c in SPARSE_MLA_CANDIDATES if c.kwargs["BLOCK_H"] >= 64]
 # The interpreter's one config runs two splits whenever the shape allows it (the kernel and grid clamp the count
-# to split_cap), so the CPU tests cover the fused merge.
+# to split_cap), so the CPU tests cover the merge.
 SPARSE_MLA_INTERPRETER = triton.Config(
-    {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": True, "MERGE_UNROLL": 4, "num_splits": 2}, num_warps=4, num_stages=1
+    {"BLOCK_H": 16, "BLOCK_N": 64, "DEQUANT": True, "num_splits": 2}, num_warps=4, num_stages=1
 )
 
 
@@ -81,7 +82,7 @@ def sparse_mla_shared_memory(config: triton.Config) -> int:
 
 def max_splits(tokens: int, heads: int, topk: int, multiprocessors: int) -> int:
     """The most splits worth trying: at most 8 programs per multiprocessor (at 16 heads a program) and at least
-    128 indices per split. Depends on shapes only, so a captured graph keeps its grid."""
+    64 indices per split. Depends on shapes only, so a captured graph keeps its grid."""
     base = tokens * triton.cdiv(heads, 16)
     fits = [s for s in SPLIT_CHOICES if base * s <= 8 * multiprocessors and topk // s >= MIN_SPLIT_LEN]
     return max(fits, default=1)
@@ -107,7 +108,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
 
 
 def _same_tile(config: triton.Config, tiles: list[triton.Config]) -> bool:
-    tile_keys = ("BLOCK_H", "BLOCK_N", "DEQUANT", "MERGE_UNROLL")
+    tile_keys = ("BLOCK_H", "BLOCK_N", "DEQUANT")
     return any(all(config.kwargs[k] == t.kwargs[k] for k in tile_keys)
                and config.num_warps == t.num_warps and config.num_stages == t.num_stages for t in tiles)  # fmt: skip
 
@@ -119,11 +120,23 @@ TUNED_CONFIGS = [
 ]
 
 
+def _split_count(config: dict[str, object]) -> int:
+    return min(int(config["num_splits"]), int(config["split_cap"]))  # type: ignore[call-overload]
+
+
+def _merge_after_timing(nargs: dict[str, Any], exception: BaseException | None = None) -> None:
+    # The autotuner times each config with its merge, so that more splits are not free.
+    if exception is None and nargs.get("PARTIAL"):
+        out = nargs["out_ptr"]
+        merge_splits(nargs["part_ptr"], nargs["part_lse_ptr"], out, nargs["lse_ptr"], _split_count(nargs))
+
+
 @triton.autotune(
     configs=autotune_configs(TUNED_CONFIGS, SPARSE_MLA_INTERPRETER),
     key=["H", "TOPK", "token_bucket", "split_cap", "capability"],
     prune_configs_by={"early_config_prune": _prune},
     reset_to_zero=None,
+    post_hook=_merge_after_timing,
 )
 @triton.jit(do_not_specialize=["num_splits", "split_cap", "capability"])
 def _sparse_mla_kernel(
@@ -134,9 +147,8 @@ def _sparse_mla_kernel(
     idx_ptr,  # [T, TOPK] int32
     out_ptr,  # [T, H, 512] bf16
     lse_ptr,  # [T, H] f32
-    part_ptr,  # [T, split_cap, H, 512] f32: each split normalized by itself (PARTIAL only)
+    part_ptr,  # [T, splits, H, 512] f32: each split normalized by itself (PARTIAL only)
     part_lse_ptr,  # [T, split_cap, H] f32
-    arrivals_ptr,  # [T * head blocks] int32, zero between calls: splits of a (row, head block) that finished
     qk_scale,  # sm_scale / ln 2: scores in the base-2 domain
     H,
     TOPK,
@@ -147,8 +159,7 @@ def _sparse_mla_kernel(
     split_cap,  # the most splits the partial buffers hold (max_splits): in the key, and a bound
     capability,  # major * 10 + minor of the device (0: interpreter): only for the autotune key
     num_splits,  # chosen by the autotuner; 1 without PARTIAL
-    PARTIAL: tl.constexpr,  # split the index list and merge in the same launch
-    MAX_SPLITS: tl.constexpr,
+    PARTIAL: tl.constexpr,  # split the index list; sparse_mla_merge merges the partials
     ROW_BYTES: tl.constexpr,
     SCALE_OFFSET: tl.constexpr,
     ROPE_OFFSET: tl.constexpr,
@@ -158,7 +169,6 @@ def _sparse_mla_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DEQUANT: tl.constexpr,  # True: dequantize the latent before the dots; False: scale scores and p per tile
-    MERGE_UNROLL: tl.constexpr = 1,  # splits merged per step (their loads overlap); set from BLOCK_H by the launcher
 ):
     TILE: tl.constexpr = LATENT // TILES
     t = tl.program_id(2)
@@ -261,47 +271,6 @@ def _sparse_mla_kernel(
         tl.store(dest + (d + TILE)[None, :], (acc1 * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
         tl.store(dest + (d + 2 * TILE)[None, :], (acc2 * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
         tl.store(dest + (d + 3 * TILE)[None, :], (acc3 * inv).to(dest.dtype.element_ty), mask=h_ok[:, None])
-    if PARTIAL:
-        tl.debug_barrier()  # every thread's partial is written before the arrival below publishes it
-        counter = arrivals_ptr + t * tl.num_programs(0) + block
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == splits - 1:  # the last split merges
-            s = tl.arange(0, MAX_SPLITS)
-            parts = (t.to(tl.int64) * splits + s[:, None]) * H + heads[None, :]  # [MAX_SPLITS, BLOCK_H]
-            lse_s = tl.load(
-                part_lse_ptr + parts,
-                mask=(s < splits)[:, None] & h_ok[None, :],
-                other=float("-inf"),
-                cache_modifier=".cg",
-            )
-            top = tl.max(lse_s, axis=0)  # [BLOCK_H]
-            top_safe = tl.where(top == float("-inf"), 0.0, top)
-            total = tl.sum(tl.exp(lse_s - top_safe[None, :]), axis=0)  # 0 where no split saw a slot
-            seen = total > 0.0
-            inv_total = tl.where(seen, 1.0 / tl.where(seen, total, 1.0), 0.0)  # [BLOCK_H]
-            out_rows = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * LATENT
-            m0 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
-            m1 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
-            m2 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
-            m3 = tl.zeros((BLOCK_H, TILE), dtype=tl.float32)
-            for first in range(0, splits, MERGE_UNROLL):  # MERGE_UNROLL splits' loads in flight together
-                for u in tl.static_range(MERGE_UNROLL):
-                    i = first + u
-                    rows = (t.to(tl.int64) * splits + i) * H + heads  # [BLOCK_H]
-                    ok = h_ok & ((heads * 0 + i) < splits)  # [BLOCK_H]
-                    lse_i = tl.load(part_lse_ptr + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
-                    weight = (tl.exp(lse_i - top_safe) * inv_total)[:, None]  # [BLOCK_H, 1], 0 past the splits
-                    src = part_ptr + rows[:, None] * LATENT + d[None, :]
-                    m0 += tl.load(src, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
-                    m1 += tl.load(src + TILE, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
-                    m2 += tl.load(src + 2 * TILE, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
-                    m3 += tl.load(src + 3 * TILE, mask=ok[:, None], other=0.0, cache_modifier=".cg") * weight
-            tl.store(out_rows + d[None, :], m0.to(tl.bfloat16), mask=h_ok[:, None])
-            tl.store(out_rows + (d + TILE)[None, :], m1.to(tl.bfloat16), mask=h_ok[:, None])
-            tl.store(out_rows + (d + 2 * TILE)[None, :], m2.to(tl.bfloat16), mask=h_ok[:, None])
-            tl.store(out_rows + (d + 3 * TILE)[None, :], m3.to(tl.bfloat16), mask=h_ok[:, None])
-            merged_lse = tl.where(seen, top_safe + tl.log(tl.where(seen, total, 1.0)), float("-inf"))
-            tl.store(lse_ptr + t.to(tl.int64) * H + heads, merged_lse, mask=h_ok)
-            tl.atomic_xchg(counter, 0)  # ready for the next call
 
 
 def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple[Tensor, Tensor]:
@@ -309,8 +278,9 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
 
     q: bf16 [T, H, 576] (512 latent + 64 rope, 1..128 heads); kv: uint8 [S, 656]; indices: int32 [T, topk] slots,
     -1 for none. Returns out bf16 [T, H, 512] and lse f32 [T, H] (natural log). A row without any valid slot gives
-    zeros and lse = -inf. Few rows (decode) split the index list (split-K) and merge the parts by their lse in the
-    same launch; the autotuner picks the split count per shape, so a captured graph keeps its grid.
+    zeros and lse = -inf. Few rows (decode) split the index list (split-K) and a second launch merges the parts by
+    their lse; the autotuner picks the split count per shape (timing each with its merge), so a captured graph
+    keeps its grids.
     """
     if q.dim() != 3 or q.shape[-1] != QK_DIM or q.dtype != torch.bfloat16:
         raise ValueError(f"q must be bf16 [T, H, {QK_DIM}] (512 latent + 64 rope), got {q.dtype} {tuple(q.shape)}")
@@ -323,19 +293,34 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
     if q.stride(2) != 1:
         q = q.contiguous()
     indices = indices if indices.stride(1) == 1 else indices.contiguous()
+    multiprocessors = sm_count(q)
+    if tokens > 0 and uses_two_passes(tokens, heads, multiprocessors):
+        return two_pass_sparse_mla(q, kv, indices, sm_scale, multiprocessors)
+    return split_k_sparse_mla(q, kv, indices, sm_scale, multiprocessors)
+
+
+def uses_two_passes(tokens: int, heads: int, multiprocessors: int) -> bool:
+    """Decode with several query rows takes the two-pass kernels (sparse_mla_two_pass.py); one or a few rows keep
+    split-K, whose values pass would have too few programs."""
+    return tokens >= TWO_PASS_MIN_TOKENS and wants_partials(tokens, heads, multiprocessors)
+
+
+def split_k_sparse_mla(
+    q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, multiprocessors: int
+) -> tuple[Tensor, Tensor]:
+    """sparse_mla in one pass per split of the index list, then the split merge; arguments already checked."""
+    tokens, heads, _ = q.shape
     topk = indices.shape[1]
     out = torch.empty(tokens, heads, LATENT_DIM, dtype=torch.bfloat16, device=q.device)
     lse = torch.empty(tokens, heads, dtype=torch.float32, device=q.device)
     if tokens == 0:
         return out, lse
-    multiprocessors = sm_count(q)
     cap = max_splits(tokens, heads, topk, multiprocessors) if wants_partials(tokens, heads, multiprocessors) else 1
     if cap > 1:
         part = torch.empty(tokens * cap * heads * LATENT_DIM, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(tokens * cap * heads, dtype=torch.float32, device=q.device)
-        arrivals = persistent_zeros(q.device, "sparse_mla_arrivals", tokens * heads)  # >= (row, head block) pairs
     else:
-        part, part_lse, arrivals = out, lse, lse  # unused without splits
+        part, part_lse = out, lse  # unused without splits
 
     def grid(meta: dict[str, int]) -> tuple[int, int, int]:
         return (triton.cdiv(heads, meta["BLOCK_H"]), min(meta["num_splits"], cap), tokens)
@@ -350,7 +335,6 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         lse,
         part,
         part_lse,
-        arrivals,
         sm_scale * 1.4426950408889634,  # 1 / ln 2
         heads,
         topk,
@@ -361,7 +345,6 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         cap,
         capability_key(q),
         PARTIAL=cap > 1,
-        MAX_SPLITS=MAX_SPLITS,
         ROW_BYTES=MLA_ROW_BYTES,
         SCALE_OFFSET=MLA_SCALE_OFFSET,
         ROPE_OFFSET=MLA_ROPE_OFFSET,
@@ -369,6 +352,9 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         TILES=LATENT_TILES,
         ROPE=ROPE_DIM,
     )
+    if cap > 1:
+        config = _sparse_mla_kernel.best_config
+        merge_splits(part, part_lse, out, lse, _split_count({**config.kwargs, "split_cap": cap}))
     return out, lse
 
 

@@ -5,93 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
-from sparsegate.backends.sim import FaultSettings, SimConfig, SimState, create_app
+from sparsegate.backends.sim import FaultSettings
 
-FAST: dict[str, Any] = {
-    "model": "sim-a",
-    "max_context": 4096,
-    "ttft_base_ms": 1.0,
-    "ttft_per_1k_prompt_tokens_ms": 0.0,
-    "itl_ms": 1.0,
-    "itl_per_running_ms": 0.0,
-    "disconnect_detect_ms": 200.0,
-}
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-
-
-@dataclass
-class Sim:
-    client: httpx.AsyncClient
-    state: SimState
-
-    async def stats(self) -> dict[str, Any]:
-        response = await self.client.get("/sim/stats")
-        assert response.status_code == 200
-        body: dict[str, Any] = response.json()
-        return body
-
-    async def record(self, rid: str) -> dict[str, Any]:
-        matches: list[dict[str, Any]] = [entry for entry in (await self.stats())["recent"] if entry["rid"] == rid]
-        assert matches, f"no record of {rid}"
-        return matches[-1]
-
-
-MakeSim = Callable[..., Awaitable[Sim]]
-
-
-@pytest.fixture
-async def make_sim() -> AsyncIterator[MakeSim]:
-    made: list[Sim] = []
-
-    async def make(**overrides: Any) -> Sim:
-        state = SimState.build(SimConfig(**{**FAST, **overrides}))
-        transport = httpx.ASGITransport(app=create_app(state.config, state=state))
-        sim = Sim(httpx.AsyncClient(transport=transport, base_url="http://sim"), state)
-        made.append(sim)
-        return sim
-
-    yield make
-    for sim in made:
-        await sim.client.aclose()
-        await sim.state.aclose()
-
-
-@pytest.fixture
-async def sim(make_sim: MakeSim) -> Sim:
-    return await make_sim()
-
-
-def chat_body(content: str = "Say something.", **extra: Any) -> dict[str, Any]:
-    return {"model": "sim-a", "messages": [{"role": "user", "content": content}], **extra}
-
-
-def sse_events(text: str) -> list[Any]:
-    """Parse an SSE body into JSON payloads (and the literal "[DONE]"), checking the framing."""
-    assert text.endswith("\n\n")
-    events: list[Any] = []
-    for block in text.split("\n\n")[:-1]:
-        assert block.startswith("data: "), block
-        data = block[len("data: ") :]
-        events.append(data if data == "[DONE]" else json.loads(data))
-    return events
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    # Polls over HTTP on purpose: tests watch the sim only through its public endpoints.
-    async with asyncio.timeout(5.0):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.005)
-
+from .sim_support import (
+    CHAT,
+    COMPLETIONS,
+    MakeSim,
+    Sim,
+    chat_body,
+    metric_value,
+    sse_events,
+    wait_tokens,
+    wait_until,
+)
 
 # --- generation, non-streamed -----------------------------------------------------------------------------------
 
@@ -109,11 +39,15 @@ async def test_chat_non_stream_shape_rid_and_usage(sim: Sim) -> None:
     assert choice["finish_reason"] == "stop"
     completion_tokens = len(choice["message"]["content"].split(" "))
     prompt_tokens = 4 + 4 + 3  # ceil(14 / 4) + 4 per message + 3
-    assert body["usage"] == {
+    assert body["usage"] == {  # SGLang's UsageInfo, nulls included (no --enable-cache-report)
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": None,
+        "reasoning_tokens": 0,
+        "completion_tokens_details": None,
     }
+    assert "tool_calls" not in choice["message"]  # ChatMessage drops it when None
 
 
 async def test_text_is_deterministic_across_workers_and_seeds(make_sim: MakeSim) -> None:
@@ -156,7 +90,7 @@ async def test_completions_non_stream(sim: Sim) -> None:
     response = await sim.client.post(COMPLETIONS, json={"model": "sim-a", "prompt": "Once upon", "max_tokens": 4})
     body = response.json()
     assert body["object"] == "text_completion"
-    assert body["id"].startswith("cmpl-")
+    assert len(body["id"]) == 32 and int(body["id"], 16) >= 0  # no rid: GenerateReqInput's uuid4().hex
     [choice] = body["choices"]
     assert len(choice["text"].split(" ")) == 4
     assert choice["finish_reason"] == "length"
@@ -205,8 +139,10 @@ async def test_chat_stream_chunks(sim: Sim) -> None:
     assert all(chunk["object"] == "chat.completion.chunk" and chunk["model"] == "sim-a" for chunk in chunks)
     assert all("usage" not in chunk for chunk in chunks)
     deltas = [chunk["choices"][0]["delta"] for chunk in chunks]
-    assert deltas[0] == {"role": "assistant", "content": ""}
+    # msgspec's StreamDelta: reasoning_content always there, role and content only when set.
+    assert deltas[0] == {"reasoning_content": None, "role": "assistant", "content": ""}
     assert [len(delta["content"].split()) for delta in deltas[1:-1]] == [1, 1, 1, 1]
+    assert deltas[-1] == {"reasoning_content": None}
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks[:-1])
     assert all(chunk["choices"][0]["logprobs"] is None for chunk in chunks)
@@ -225,17 +161,27 @@ async def test_include_usage(sim: Sim) -> None:
     assert events[-1] == "[DONE]"
     usage_chunk = events[-2]
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"] == {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
-    assert all(event["usage"] is None for event in events[:-2])
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 3,
+        "total_tokens": 14,
+        "prompt_tokens_details": None,
+        "reasoning_tokens": 0,
+        "completion_tokens_details": None,
+    }
+    assert all("usage" not in event for event in events[:-2])  # SGLang's text chunks have no usage key
 
 
 async def test_completions_stream_with_usage(sim: Sim) -> None:
     body = {"prompt": "Once upon", "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
     events = sse_events((await sim.client.post(COMPLETIONS, json=body)).text)
-    assert [event["object"] for event in events[:-1]] == ["text_completion"] * 4
+    assert [event["object"] for event in events[:-1]] == ["text_completion"] * 3
     assert events[-1] == "[DONE]"
-    assert events[2]["choices"][0]["finish_reason"] == "length"
-    assert events[3]["usage"]["completion_tokens"] == 2
+    # The last token and the finish reason travel in one chunk, as SGLang's output carries both.
+    assert [event["choices"][0]["finish_reason"] for event in events[:2]] == [None, "length"]
+    assert events[1]["choices"][0]["text"] != ""
+    assert all(event["usage"] is None for event in events[:2])
+    assert events[2]["usage"] == {"prompt_tokens": 4, "total_tokens": 6, "completion_tokens": 2, "reasoning_tokens": 0}
 
 
 async def test_stream_with_n_opens_every_choice(sim: Sim) -> None:
@@ -281,26 +227,29 @@ async def test_prompt_plus_max_tokens_equal_to_context_is_allowed(make_sim: Make
     assert (await sim.client.post(CHAT, json=chat_body("x" * 200, max_tokens=44))).status_code == 400
 
 
+# SGLang's `type` depends on where it refuses: pydantic validation ("Bad Request"), its `_validate_request`
+# ("BadRequestError"), or a ValueError in serving ("BadRequest").
 @pytest.mark.parametrize(
-    "body",
+    ("body", "error_type"),
     [
-        {"messages": []},
-        {"messages": "hi"},
-        {"messages": [{"content": "no role"}]},
-        {"messages": [{"role": "user", "content": 5}]},
-        {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1},
-        {"messages": [{"role": "user", "content": "x"}], "max_tokens": "3"},
-        {"messages": [{"role": "user", "content": "x"}], "n": 0},
-        {"messages": [{"role": "user", "content": "x"}], "stop": [1]},
-        {"messages": [{"role": "user", "content": "x"}], "stream": "yes"},
-        {"messages": [{"role": "user", "content": "x"}], "rid": 5},
+        ({"messages": []}, "BadRequestError"),
+        ({"messages": "hi"}, "Bad Request"),
+        ({"messages": [{"content": "no role"}]}, "Bad Request"),
+        ({"messages": [{"role": "user", "content": 5}]}, "Bad Request"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "BadRequest"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "3"}, "Bad Request"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "BadRequest"),
+        ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, "Bad Request"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "Bad Request"),
+        ({"messages": [{"role": "user", "content": "x"}], "rid": 5}, "Bad Request"),
     ],
     ids=["empty", "not-list", "no-role", "bad-content", "neg-max", "str-max", "n0", "bad-stop", "bad-stream", "rid"],
 )
-async def test_bad_bodies_are_400(sim: Sim, body: dict[str, Any]) -> None:
+async def test_bad_bodies_are_400(sim: Sim, body: dict[str, Any], error_type: str) -> None:
     response = await sim.client.post(CHAT, json=body)
     assert response.status_code == 400
-    assert response.json()["type"] == "BadRequest"
+    assert response.json()["type"] == error_type
+    assert response.json()["code"] == 400
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe"])
@@ -334,20 +283,11 @@ async def _is_active(sim: Sim, rid: str) -> bool:
 # --- aborts -----------------------------------------------------------------------------------------------------
 
 
-async def _wait_tokens(sim: Sim, rid: str, tokens: int) -> None:
-    async def enough() -> bool:
-        return any(
-            entry["rid"] == rid and entry["completion_tokens"] >= tokens for entry in (await sim.stats())["recent"]
-        )
-
-    await wait_until(enough)
-
-
 async def test_abort_ends_a_stream_with_finish_reason_abort(make_sim: MakeSim) -> None:
     sim = await make_sim(itl_ms=5.0)
     body = chat_body(rid="ab-1", stream=True, max_tokens=400, ignore_eos=True, stream_options={"include_usage": True})
     streaming = asyncio.create_task(sim.client.post(CHAT, json=body))
-    await _wait_tokens(sim, "ab-1", 3)
+    await wait_tokens(sim, "ab-1", 3)
     assert (await sim.client.post("/abort_request", json={"rid": "ab-1"})).status_code == 200
     events = sse_events((await streaming).text)
     assert events[-1] == "[DONE]"
@@ -362,7 +302,7 @@ async def test_abort_ends_a_stream_with_finish_reason_abort(make_sim: MakeSim) -
 async def test_abort_non_stream_returns_partial_text(make_sim: MakeSim) -> None:
     sim = await make_sim(itl_ms=5.0)
     waiting = asyncio.create_task(sim.client.post(CHAT, json=chat_body(rid="ab-2", max_tokens=400, ignore_eos=True)))
-    await _wait_tokens(sim, "ab-2", 2)
+    await wait_tokens(sim, "ab-2", 2)
     await sim.client.post("/abort_request", json={"rid": "ab-2"})
     body = (await waiting).json()
     assert body["choices"][0]["finish_reason"] == "abort"
@@ -383,14 +323,14 @@ async def test_queue_and_abort_all(make_sim: MakeSim) -> None:
     ]
 
     async def two_waiting_one_decoding() -> bool:
-        [load] = (await sim.client.get("/get_load")).json()
+        [load] = (await sim.client.get("/v1/loads")).json()["loads"]
         decoding = any(entry["completion_tokens"] > 0 for entry in (await sim.stats())["recent"])
-        return bool(load["num_waiting_reqs"] == 2 and load["num_reqs"] == 3 and decoding)
+        return bool(load["num_waiting_reqs"] == 2 and load["num_running_reqs"] == 1 and decoding)
 
     await wait_until(two_waiting_one_decoding)
     metrics = (await sim.client.get("/metrics")).text
-    assert 'sglang:num_queue_reqs{model_name="sim-a"} 2.0' in metrics
-    assert 'sglang:num_running_reqs{model_name="sim-a"} 1.0' in metrics
+    assert metric_value(metrics, "sglang:num_queue_reqs", model_name="sim-a") == 2.0
+    assert metric_value(metrics, "sglang:num_running_reqs", model_name="sim-a") == 1.0
     await sim.client.post("/abort_request", json={"abort_all": True})
     bodies = [(await task).json() for task in tasks]
     assert all(body["choices"][0]["finish_reason"] == "abort" for body in bodies)
@@ -406,7 +346,7 @@ async def test_error_rate_one_fails_before_any_byte(make_sim: MakeSim) -> None:
     sim = await make_sim(faults=FaultSettings(error_rate=1.0, error_status=503))
     response = await sim.client.post(CHAT, json=chat_body(stream=True, rid="e-1"))
     assert response.status_code == 503
-    assert response.json()["type"] == "ServiceUnavailable"
+    assert response.json()["type"] == "503"  # an HTTPException in SGLang: type is str(status)
     record = await sim.record("e-1")
     assert record["status"] == "failed"
     assert (await sim.stats())["failed"] == 1
@@ -497,22 +437,23 @@ async def test_metrics_are_per_app_and_count_tokens(make_sim: MakeSim) -> None:
     text = (await first.client.get("/metrics")).text
     for name in ("num_running_reqs", "num_queue_reqs", "token_usage", "gen_throughput"):
         assert f"sglang:{name}{{" in text
-    assert 'sglang:prompt_tokens_total{model_name="sim-a"} 11.0' in text
-    assert 'sglang:generation_tokens_total{model_name="sim-a"} 5.0' in text
+    assert metric_value(text, "sglang:prompt_tokens_total", model_name="sim-a", is_streaming="false") == 11.0
+    assert metric_value(text, "sglang:generation_tokens_total", model_name="sim-a", is_streaming="false") == 5.0
     other = (await second.client.get("/metrics")).text
-    assert 'sglang:generation_tokens_total{model_name="sim-b"} 0.0' in other
+    assert metric_value(other, "sglang:generation_tokens_total", model_name="sim-b") is None
+    assert "sim-a" not in other
 
 
 async def test_token_usage_while_running(make_sim: MakeSim) -> None:
     sim = await make_sim(max_total_tokens=100, itl_ms=5.0)
     task = asyncio.create_task(sim.client.post(CHAT, json=chat_body(rid="u-1", max_tokens=400, ignore_eos=True)))
-    await _wait_tokens(sim, "u-1", 1)
-    [load] = (await sim.client.get("/get_load")).json()
+    await wait_tokens(sim, "u-1", 1)
+    [load] = (await sim.client.get("/v1/loads")).json()["loads"]
     assert load["token_usage"] >= 0.12  # (11 prompt + >= 1 generated) / 100
     await sim.client.post("/abort_request", json={"rid": "u-1"})
     await task
-    [load] = (await sim.client.get("/get_load")).json()
-    assert (load["token_usage"], load["num_tokens"]) == (0.0, 0)
+    [load] = (await sim.client.get("/v1/loads")).json()["loads"]
+    assert (load["token_usage"], load["num_total_tokens"]) == (0.0, 0)
 
 
 async def test_stats_record_headers_and_reset(sim: Sim) -> None:
@@ -546,7 +487,7 @@ async def test_recent_is_bounded(make_sim: MakeSim) -> None:
 async def test_health_generate_is_200_when_busy_but_progressing(make_sim: MakeSim) -> None:
     sim = await make_sim(max_running=1, itl_ms=5.0, health_timeout_s=2.0)
     task = asyncio.create_task(sim.client.post(CHAT, json=chat_body(rid="busy", max_tokens=400, ignore_eos=True)))
-    await _wait_tokens(sim, "busy", 1)
+    await wait_tokens(sim, "busy", 1)
     started = time.monotonic()
     assert (await sim.client.get("/health_generate")).status_code == 200  # its probe queued, yet tokens flow
     assert time.monotonic() - started < 1.0

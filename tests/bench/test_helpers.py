@@ -32,6 +32,7 @@ def test_streams_are_counted_event_by_event(helpers: dict[str, Path], up: rig.Up
     assert out["ok"] == 4
     assert out["status"] == {"200": 4}
     assert out["content_events"] == 20
+    assert out["tokens"] == 20
     assert out["ttft_ms"]["n"] == 4
     assert out["gap_ms"]["n"] == 16  # four gaps per five-chunk stream
     stats = up.stats()

@@ -36,6 +36,7 @@ SGLANG_0_5_23_FLAGS = {
     "--mem-fraction-static",
     "--enable-metrics",
     "--enable-priority-scheduling",
+    "--enable-response-store",
 }
 DSA_PREFILL_CHOICES = {"flashmla_sparse", "flashmla_sparse_q8", "flashmla_kv", "flashmla_auto", "flashinfer_sparse_mla"}
 DSA_PREFILL_CHOICES |= {"triton_sparse_mla", "fa3", "tilelang", "triton", "aiter", "trtllm", "intel_xpu"}
@@ -55,6 +56,7 @@ ADA_FLAGS = {
     "--moe-runner-backend": "triton",
     "--enable-metrics": None,
     "--enable-priority-scheduling": None,
+    "--enable-response-store": None,  # the gateway's Responses follow-ups need the worker to keep responses
 }
 
 

@@ -163,6 +163,12 @@ class Gateway:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGHUP)
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no settling, no flushing; what was not on disk or in Redis is gone."""
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGKILL)
+            self.proc = None
+
     def stop(self) -> str:
         """Stop the gateway and return everything it printed (its request log included)."""
         if self.proc is not None:

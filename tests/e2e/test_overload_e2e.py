@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,9 +90,13 @@ def test_ten_lone_surrogates_then_a_normal_request(gateway: Gateway, sim: Sim) -
 
 
 def test_a_burst_of_300_admits_exactly_the_limit(gateway: Gateway) -> None:
+    started = time.monotonic()
     responses = asyncio.run(_fire(gateway.url, "burst", [_chat() for _ in range(300)]))
+    span = time.monotonic() - started
     statuses = Counter(r.status_code for r in responses)
-    assert statuses == {200: 100, 429: 200}, statuses
+    assert set(statuses) == {200, 429}, statuses  # no "rate limiter unavailable": Redis answered every call
+    # rpm=100 refills one request every 0.6 s: only a burst slower than that may admit more than 100.
+    assert 100 <= statuses[200] <= 100 + int(span / 0.6), (statuses, span)
 
 
 def test_overload_sheds_fast_and_marks_no_worker_down(sim: Sim, redis: RedisServer, tmp_path: Path) -> None:

@@ -41,7 +41,20 @@ class Spec:
             for k, v in self.constexprs.items()
             if k.isupper()
             and k.startswith(
-                ("BLOCK", "TILES", "H", "NEXT", "PARTIAL", "ROW", "LONG", "CHUNK", "CANDIDATES", "DEQUANT")
+                (
+                    "BLOCK",
+                    "TILES",
+                    "H",
+                    "NEXT",
+                    "PARTIAL",
+                    "ROW",
+                    "LONG",
+                    "CHUNK",
+                    "CANDIDATES",
+                    "DEQUANT",
+                    "SPLITS",
+                    "COLS",
+                )
             )
         )
         return f"{self.kernel}[{knobs},w{self.num_warps},s{self.num_stages}]"
@@ -185,7 +198,6 @@ def specs() -> list[Spec]:
         "lse_ptr": "*fp32",
         "part_ptr": "*fp32",
         "part_lse_ptr": "*fp32",
-        "arrivals_ptr": "*i32",
         "qk_scale": "fp32",
     }
     mla = allowed_configs(
@@ -195,7 +207,6 @@ def specs() -> list[Spec]:
         for partial in (False, True):
             shape = {
                 "PARTIAL": partial,
-                "MAX_SPLITS": sparse_mla.MAX_SPLITS,
                 **mla_row,
                 "LATENT": 512,
                 "TILES": 4,
@@ -205,6 +216,43 @@ def specs() -> list[Spec]:
             out.append(
                 Spec("_sparse_mla_kernel", "sparse_mla", mla_types, shape, cfg.num_warps, cfg.num_stages, [BF16_MMA])
             )
+    merge = importlib.import_module("sparsegate.kernels.dsa.sparse_mla_merge")
+    merge_types = {"part_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"}
+    for splits in sparse_mla.SPLIT_CHOICES[1:]:
+        block_h, block_d = merge.merge_tile(splits, 128)
+        shape = {"SPLITS": splits, "LATENT": 512, "BLOCK_H": block_h, "BLOCK_D": block_d}
+        out.append(Spec("_merge_splits_kernel", "sparse_mla_merge", merge_types, shape, merge.MERGE_WARPS))
+    two_pass = importlib.import_module("sparsegate.kernels.dsa.sparse_mla_two_pass")
+    scores_types = {**{k: v for k, v in mla_types.items() if not k.startswith(("out", "lse", "part"))}}
+    scores_types.update({"scores_ptr": "*fp32", "stats_ptr": "*fp32"})
+    scores = allowed_configs(
+        two_pass.SCORES_CANDIDATES, ada, two_pass.scores_shared_memory, two_pass.SCORES_HOPPER_ONLY
+    )
+    for cfg in scores:
+        shape = {**mla_row, "LATENT": 512, "TILES": 4, "ROPE": 64, **cfg.kwargs}
+        out.append(
+            Spec("_mla_scores_kernel", "sparse_mla_two_pass", scores_types, shape, cfg.num_warps, cfg.num_stages,
+                 [BF16_MMA])
+        )  # fmt: skip
+    values_types = {
+        "row_fp8_ptr": "*fp8e4nv",
+        "row_f32_ptr": "*fp32",
+        "idx_ptr": "*i32",
+        "scores_ptr": "*fp32",
+        "stats_ptr": "*fp32",
+        "out_ptr": "*bf16",
+        "lse_ptr": "*fp32",
+    }
+    values = allowed_configs(
+        two_pass.VALUES_CANDIDATES, ada, two_pass.values_shared_memory, two_pass.VALUES_HOPPER_ONLY
+    )
+    for cfg in values:
+        shape = {"SPLITS": max(two_pass.SCORE_SPLITS), **{k: mla_row[k] for k in ("ROW_BYTES", "SCALE_OFFSET")},
+                 "TILE": 128, **cfg.kwargs}  # fmt: skip
+        out.append(
+            Spec("_mla_values_kernel", "sparse_mla_two_pass", values_types, shape, cfg.num_warps, cfg.num_stages,
+                 [BF16_MMA])
+        )  # fmt: skip
     return out
 
 

@@ -29,6 +29,9 @@ KERNELS = {
     "_topk_select_kernel",
     "_slots_kernel",
     "_sparse_mla_kernel",
+    "_merge_splits_kernel",
+    "_mla_scores_kernel",
+    "_mla_values_kernel",
 }
 
 

@@ -61,6 +61,16 @@ async def test_file_sink_appends_reads_back_by_time_and_dedupes(tmp_path: Path) 
     assert [r.uid for r in await sink.read(20, 30)] == [b.uid]  # [since, until)
 
 
+async def test_a_file_record_is_in_the_file_when_write_returns(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path / "ledger.jsonl")
+    await sink.start()
+    record = usage()
+    sink.write(record)
+    # no close, no wait for the fsync thread: a process killed now has already handed the record to the kernel
+    assert (await FileSink(tmp_path / "ledger.jsonl").read(None, None)) == [record]
+    await sink.close()
+
+
 async def test_file_sink_survives_a_line_torn_by_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     first = usage(ts=1)
