@@ -62,6 +62,7 @@ TOPK = 2048
 INDEX_HEADS = 32
 ADA = (8, 9)
 mla_module = importlib.import_module("sparsegate.kernels.dsa.sparse_mla")  # the package re-exports the function
+two_pass = importlib.import_module("sparsegate.kernels.dsa.sparse_mla_two_pass")
 
 
 def describe(config: triton.Config | None) -> str:
@@ -84,17 +85,33 @@ def ada_selects(config: triton.Config | None, candidates: list, estimate: object
 
 
 def mla_ran() -> tuple[str, str]:
-    """The sparse-MLA config of the latest call, with ptxas's registers and spills, and whether Ada selects it."""
+    """The sparse-MLA config(s) of the latest call, with ptxas's registers and spills, and whether Ada selects it."""
+    if mla_module.last_path() == "two-pass":
+        (scores_cfg, scores_k), (values_cfg, values_k) = two_pass.last_launch()
+        ada = all(
+            ada_selects(cfg, cands, est, hopper) == "yes"
+            for cfg, cands, est, hopper in (
+                (scores_cfg, two_pass.SCORES_CANDIDATES, two_pass.scores_shared_memory, two_pass.SCORES_HOPPER_ONLY),
+                (values_cfg, two_pass.VALUES_CANDIDATES, two_pass.values_shared_memory, two_pass.VALUES_HOPPER_ONLY),
+            )
+        )
+        return (
+            f"two-pass: scores {describe(scores_cfg)}, {_regs(scores_k)}; values {describe(values_cfg)},"
+            f" {_regs(values_k)}",
+            "yes" if ada else "no",
+        )
     config, compiled = mla_module.last_launch()
-    regs = getattr(compiled, "n_regs", "?")
-    spills = getattr(compiled, "n_spills", "?")
-    ada = ada_selects(
+    ada_sel = ada_selects(
         config,
         mla_module.SPARSE_MLA_CANDIDATES,
         mla_module.sparse_mla_shared_memory,
         mla_module.SPARSE_MLA_HOPPER_ONLY,
     )
-    return f"{describe(config)}, {regs} regs, {spills} B spilled", ada
+    return f"split-K: {describe(config)}, {_regs(compiled)}", ada_sel
+
+
+def _regs(compiled: object) -> str:
+    return f"{getattr(compiled, 'n_regs', '?')} regs, {getattr(compiled, 'n_spills', '?')} B spilled"
 
 
 @dataclass

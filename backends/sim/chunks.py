@@ -36,6 +36,11 @@ def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
+def error_sse(payload: dict[str, Any]) -> bytes:
+    """A mid-stream error event: SGLang writes it with `json.dumps`' default separators, spaces included."""
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
 def usage_info(
     prompt_tokens: int, completion_tokens: int, *, cached_tokens: int | None = None, reasoning_tokens: int = 0
 ) -> dict[str, Any]:
@@ -80,12 +85,13 @@ class ChatWire:
         *,
         role: str | None = None,
         content: str | None = None,
+        reasoning_content: str | None = None,
         finish_reason: str | None = None,
         matched_stop: str | int | None = None,
         logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         # msgspec's StreamDelta: reasoning_content always, role and content only when set.
-        delta: dict[str, Any] = {"reasoning_content": None}
+        delta: dict[str, Any] = {"reasoning_content": reasoning_content}
         if role is not None:
             delta["role"] = role
         if content is not None:
@@ -108,6 +114,12 @@ class ChatWire:
     ) -> dict[str, Any]:
         """Text of one choice."""
         return self._text_chunk(chunk_id, index, content=text, logprobs=logprobs)
+
+    def reasoning_chunk(
+        self, chunk_id: str, index: int, text: str, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Reasoning of one choice (with a reasoning parser)."""
+        return self._text_chunk(chunk_id, index, reasoning_content=text, logprobs=logprobs)
 
     def tool_call_chunk(self, chunk_id: str, index: int, call: dict[str, Any]) -> dict[str, Any]:
         """One tool-call delta of one choice (pydantic: role, content and usage are null)."""
@@ -132,9 +144,10 @@ class ChatWire:
         *,
         tool_calls: list[dict[str, Any]] | None = None,
         logprobs: dict[str, Any] | None = None,
+        reasoning_content: str | None = None,
     ) -> dict[str, Any]:
         """One choice of a non-streamed response."""
-        message: dict[str, Any] = {"role": "assistant", "content": text, "reasoning_content": None}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "reasoning_content": reasoning_content}
         if tool_calls is not None:
             message["tool_calls"] = tool_calls
         return {

@@ -41,6 +41,8 @@ class SimConfig:
     """SGLang's `--enable-cache-report`: usage carries `prompt_tokens_details.cached_tokens`."""
     enable_priority_scheduling: bool = False
     """SGLang's flag: `/metrics` adds `priority` labels (totals under `""`, one series per priority)."""
+    reasoning_parser: str | None = None
+    """SGLang's `--reasoning-parser`: text choices open with reasoning, sent as `reasoning_content`."""
     legacy_get_load: bool = False
     """Also serve `/get_load`, as SGLang releases before `/v1/loads` did (0.5.23 has none)."""
     prefix_cache_tokens: int | None = None
@@ -108,6 +110,7 @@ def build_parser(prog: str = "python -m sparsegate.backends.sim") -> argparse.Ar
     sglang.add_argument("--enable-cache-report", action="store_true", help="report cached_tokens in usage")
     sglang.add_argument("--enable-priority-scheduling", action="store_true", help="priority labels in /metrics")
     sglang.add_argument("--legacy-get-load", action="store_true", help="also serve /get_load, like older SGLang")
+    sglang.add_argument("--reasoning-parser", default=None, help="e.g. glm45: answers open with reasoning_content")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--ttft-base-ms", type=float, default=defaults.ttft_base_ms)
     timing.add_argument("--ttft-per-1k-prompt-tokens-ms", type=float, default=defaults.ttft_per_1k_prompt_tokens_ms)
@@ -155,6 +158,7 @@ def parse_config(argv: Sequence[str] | None = None) -> SimConfig:
             enable_cache_report=args.enable_cache_report,
             enable_priority_scheduling=args.enable_priority_scheduling,
             legacy_get_load=args.legacy_get_load,
+            reasoning_parser=args.reasoning_parser,
             ttft_base_ms=args.ttft_base_ms,
             ttft_per_1k_prompt_tokens_ms=args.ttft_per_1k_prompt_tokens_ms,
             itl_ms=args.itl_ms,

@@ -87,6 +87,8 @@ class ChoicePlan:
     tool_call: ToolCallPlan | None = None
     seed_key: str = ""
     """What this choice's logprobs are derived from."""
+    reasoning: int = 0
+    """How many leading pieces are reasoning (with a reasoning parser): `reasoning_content`, not `content`."""
 
     @property
     def text(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 from .errors import BadRequest
 from .model import ChoicePlan, ToolCallPlan, choice_key, choice_rng, plan_choice, plan_text
@@ -24,14 +25,19 @@ from .protocol import GenerationRequest, Prompt, Tool
 from .schema import SchemaError, generate
 
 
-def plan_choices(generation: GenerationRequest, max_context: int) -> list[ChoicePlan]:
-    """One plan per choice, prompts in order and `n` samples each."""
+def plan_choices(generation: GenerationRequest, max_context: int, *, reasoning: bool = False) -> list[ChoicePlan]:
+    """One plan per choice, prompts in order and `n` samples each; with `reasoning` (a reasoning parser is
+    configured) a chat text choice spends its first third (at least one token) reasoning."""
     prompts = generation.prompts or (Prompt(generation.prompt_key, generation.prompt_tokens),)
     plans: list[ChoicePlan] = []
     for prompt in prompts:
         for sample in range(generation.n):
             index = len(plans)
-            plans.append(_plan(generation, prompt, index, sample, max_context - prompt.tokens))
+            plan = _plan(generation, prompt, index, sample, max_context - prompt.tokens)
+            thinks = reasoning and generation.endpoint == "chat" and generation.response_format is None
+            if thinks and plan.tool_call is None and plan.tokens >= 2:
+                plan = replace(plan, reasoning=max(1, plan.tokens // 3))
+            plans.append(plan)
     return plans
 
 

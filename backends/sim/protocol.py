@@ -62,6 +62,8 @@ class GenerationRequest:
     top_logprobs: int = 0
     seed: int | None = None
     echo: bool = False
+    separate_reasoning: bool = True
+    """SGLang's extension: with a reasoning parser, reasoning goes to `reasoning_content` (else `content`)."""
     rid: str | None = None
     model: str | None = None
     max_tokens: int | None = None
@@ -123,6 +125,7 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
         response_format=_response_format(body.get("response_format")),
         logprobs=bool(logprobs),
         top_logprobs=(top or 0) if logprobs else 0,
+        separate_reasoning=body.get("separate_reasoning") is not False,
     )
 
 

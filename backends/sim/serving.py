@@ -28,7 +28,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from .chunks import DONE, ChatWire, CompletionWire, sse, tool_call, usage_info
+from .chunks import DONE, ChatWire, CompletionWire, error_sse, sse, tool_call, usage_info
 from .engine import EndEvent, Event, FinishEvent, RequestHandle, TokenEvent
 from .errors import InjectedFailure, InvalidBody, SimError, Unhealthy, WorkerAbort, stream_error_event
 from .logprobs import chat_logprobs, completion_logprobs, token_logprobs
@@ -50,7 +50,7 @@ async def serve_generation(request: Request, state: SimState, endpoint: Endpoint
     record = state.stats.open(PATHS[endpoint], request.headers.items())
     try:
         generation, rid = await _admit(request, state, endpoint, record)
-        plans = plan_choices(generation, state.config.max_context)
+        plans = plan_choices(generation, state.config.max_context, reasoning=state.config.reasoning_parser is not None)
     except SimError as exc:
         state.stats.settle(record, exc.outcome, error=exc.message)
         raise
@@ -135,12 +135,17 @@ class _Answer:
         self.completions = CompletionWire(self.model, self.created)
         self.positions = [0] * len(self.plans)
         """Tokens of each choice sent so far (for logprob positions and offsets)."""
+        self.emitted = [0] * len(self.plans)
+        """Tokens of each choice received so far (which of them are reasoning)."""
         self.text_offsets = [0] * len(self.plans)
 
     def usage(self) -> dict[str, Any]:
         handle = self.handle
         cached = handle.cached_tokens if self.cache_report else None
-        return usage_info(handle.prompt_tokens, handle.completion_tokens, cached_tokens=cached)
+        reasoning = sum(min(plan.reasoning, made) for plan, made in zip(self.plans, handle.generated, strict=True))
+        return usage_info(
+            handle.prompt_tokens, handle.completion_tokens, cached_tokens=cached, reasoning_tokens=reasoning
+        )
 
     def _finish_reason(self, event: FinishEvent) -> tuple[str, str | int | None]:
         plan = self.plans[event.index]
@@ -171,7 +176,7 @@ class _Answer:
                 break
             last_id = handle.rids[event.index]
             if isinstance(event, FinishEvent) and event.reason == "abort" and (status := _error_status(handle)):
-                yield sse(stream_error_event(_error_message(handle), status))
+                yield error_sse(stream_error_event(_error_message(handle), status))
                 break
             if event.index not in opened:
                 opened.add(event.index)
@@ -179,6 +184,8 @@ class _Answer:
             if isinstance(event, FinishEvent):
                 finishes[event.index] = event
                 continue
+            position = self.emitted[event.index]
+            self.emitted[event.index] += 1
             if not event.text:
                 continue  # a hidden stop-string token: SGLang sends no empty delta
             if drop_after is not None and shown >= drop_after:
@@ -186,7 +193,7 @@ class _Answer:
                 yield CUT
                 return
             shown += 1
-            for chunk in self._chat_token_chunks(last_id, event):
+            for chunk in self._chat_token_chunks(last_id, event, position):
                 yield sse(chunk)
         for index, finish in finishes.items():
             reason, matched = self._finish_reason(finish)
@@ -195,7 +202,7 @@ class _Answer:
             yield sse(wire.usage_chunk(last_id, self.usage()))
         yield DONE
 
-    def _chat_token_chunks(self, chunk_id: str, event: TokenEvent) -> list[dict[str, Any]]:
+    def _chat_token_chunks(self, chunk_id: str, event: TokenEvent, position: int) -> list[dict[str, Any]]:
         plan = self.plans[event.index]
         if plan.tool_call is not None:
             chunks = []
@@ -208,6 +215,8 @@ class _Answer:
         logprobs = None
         if self.generation.logprobs:
             logprobs = chat_logprobs(self._logprob_items(event.index, [event.text]), self.generation.top_logprobs)
+        if position < plan.reasoning and self.generation.separate_reasoning:
+            return [self.chat.reasoning_chunk(chunk_id, event.index, event.text, logprobs)]
         return [self.chat.content_chunk(chunk_id, event.index, event.text, logprobs)]
 
     async def completion_stream(self, drop_after: int | None) -> AsyncGenerator[bytes | Cut, None]:
@@ -223,7 +232,7 @@ class _Answer:
                 break
             last_id = handle.rids[event.index]
             if isinstance(event, FinishEvent) and event.reason == "abort" and (status := _error_status(handle)):
-                yield sse(stream_error_event(_error_message(handle), status))
+                yield error_sse(stream_error_event(_error_message(handle), status))
                 break
             text, finish = "", None
             if isinstance(event, TokenEvent):
@@ -308,7 +317,12 @@ class _Answer:
                 logprobs = None
                 if self.generation.logprobs:
                     logprobs = chat_logprobs(self._logprob_items(index, pieces), self.generation.top_logprobs)
-                choices.append(self.chat.choice(index, text, reason, matched, logprobs=logprobs))
+                reasoning = None
+                if plan.reasoning and self.generation.separate_reasoning:
+                    reasoning, text = "".join(pieces[: plan.reasoning]), "".join(pieces[plan.reasoning :])
+                choices.append(
+                    self.chat.choice(index, text, reason, matched, logprobs=logprobs, reasoning_content=reasoning)
+                )
         wire = self.chat if self.generation.endpoint == "chat" else self.completions
         return wire.response(self.handle.rids[0], choices, self.usage())
 

@@ -294,7 +294,9 @@ def sparse_mla(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float) -> tuple
         q = q.contiguous()
     indices = indices if indices.stride(1) == 1 else indices.contiguous()
     multiprocessors = sm_count(q)
-    if tokens > 0 and uses_two_passes(tokens, heads, multiprocessors):
+    two_passes = tokens > 0 and uses_two_passes(tokens, heads, multiprocessors)
+    _LAST_PATH[0] = "two-pass" if two_passes else "split-K"
+    if two_passes:
         return two_pass_sparse_mla(q, kv, indices, sm_scale, multiprocessors)
     return split_k_sparse_mla(q, kv, indices, sm_scale, multiprocessors)
 
@@ -359,6 +361,12 @@ def split_k_sparse_mla(
 
 
 _LAST_LAUNCH: list[object] = [None]
+_LAST_PATH = ["split-K"]
+
+
+def last_path() -> str:
+    """Which kernels the latest sparse_mla call ran, for benchmarks: "split-K" or "two-pass"."""
+    return _LAST_PATH[0]
 
 
 def last_launch() -> tuple[triton.Config | None, object]:

@@ -3,17 +3,20 @@
 
 - Scores: a program takes BLOCK_H heads of one query row and one split of its index list, gathers the rows, and
   computes the base-2 scores in four 128-wide latent dots (each tile's scale on its scores) plus the rope dot. It
-  writes the scores ([T, H, topk] float32, -inf for invalid slots) and its split's running max and sum of exp2.
-- Values: a program takes BLOCK_H heads of one query row and COLS of the 512 value columns over the whole index
-  list. It combines the splits' max and sum, then for each block of slots turns the stored scores into
-  probabilities, gathers only its columns of the rows (dequantized in registers: e4m3 times a power-of-two scale
-  is exact in bf16) and accumulates p . v in float32. No rescaling, no split merge: the global max is known.
+  writes the scores ([T, H, topk] float32, -inf for invalid slots).
+- Values: a program takes BLOCK_H heads of one query row, COLS of the 512 value columns and one split of the index
+  list. It reads the stored scores (online softmax), gathers only its columns of the rows (dequantized in
+  registers: e4m3 times a power-of-two scale is exact in bf16) and accumulates p . v in float32 over a
+  [BLOCK_H, COLS] accumulator. Several splits leave partials that sparse_mla_merge.py merges.
 
 The scores make a round trip through memory (T * H * topk * 4 bytes, 16.8 MB at T=32 H=64, mostly in L2), and the
-values pass reads each row's 512 latent bytes once in total, spread over 512 / COLS programs.
+values pass reads each row's 512 latent bytes once in total, spread over 512 / COLS programs. Each pass autotunes
+its own tile and split count (the values pass timed with its merge).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
@@ -32,8 +35,10 @@ from sparsegate.kernels.dsa._layout import (
     QUANT_BLOCK,
     ROPE_DIM,
 )
+from sparsegate.kernels.dsa.sparse_mla_merge import merge_splits
 
 SCORE_SPLITS = (1, 2, 4, 8, 16)
+VALUE_SPLITS = (1, 2, 4, 8, 16)
 
 
 def _scores(block_h: int, block_n: int, warps: int, stages: int) -> triton.Config:
@@ -60,12 +65,19 @@ VALUES_CANDIDATES = [
     _values(16, 64, 128, 4, 3),
     _values(32, 64, 128, 4, 3),
     _values(64, 64, 128, 4, 3),
+    _values(64, 64, 128, 8, 3),
     _values(64, 32, 256, 8, 3),
     _values(32, 64, 256, 8, 3),
     _values(64, 64, 256, 8, 2),
 ]
-VALUES_HOPPER_ONLY = [c for c in VALUES_CANDIDATES if c.kwargs["BLOCK_H"] * c.kwargs["COLS"] > 64 * 128]
-VALUES_INTERPRETER = triton.Config({"BLOCK_H": 16, "BLOCK_N": 64, "COLS": 256}, num_warps=4, num_stages=1)
+# Hopper-only: for sm_89 the 64-head tile at 4 warps spills (932 bytes, ptxas); the 256-column tiles are not
+# offered to it (twice the accumulator).
+VALUES_HOPPER_ONLY = [
+    c for c in VALUES_CANDIDATES if c.kwargs["COLS"] > 128 or (c.kwargs["BLOCK_H"] == 64 and c.num_warps == 4)
+]
+VALUES_INTERPRETER = triton.Config(
+    {"BLOCK_H": 16, "BLOCK_N": 64, "COLS": 256, "num_splits": 2}, num_warps=4, num_stages=1
+)
 
 
 def scores_shared_memory(config: triton.Config) -> int:
@@ -114,7 +126,6 @@ def _mla_scores_kernel(
     row_bf16_ptr,  # the cache as bf16 [S, 328]
     idx_ptr,  # [T, TOPK] int32
     scores_ptr,  # [T, H, TOPK] f32, base 2
-    stats_ptr,  # [T, split_cap, 2, H] f32: each split's max and sum of exp2(score - max)
     qk_scale,  # sm_scale / ln 2
     H,
     TOPK,
@@ -147,9 +158,6 @@ def _mla_scores_kernel(
     q1 = tl.load(q_rows + (d + TILE)[None, :], mask=h_ok[:, None], other=0.0)
     q2 = tl.load(q_rows + (d + 2 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
     q3 = tl.load(q_rows + (d + 3 * TILE)[None, :], mask=h_ok[:, None], other=0.0)
-    m = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)
-    denom = tl.zeros((BLOCK_H,), dtype=tl.float32)
-
     splits = tl.minimum(num_splits, split_cap)
     split_len = tl.cdiv(tl.cdiv(TOPK, splits), BLOCK_N) * BLOCK_N
     begin = split * split_len
@@ -183,75 +191,89 @@ def _mla_scores_kernel(
         scores += tl.dot(q3, tl.trans(k3)) * s3[None, :]
         scores = tl.where(valid[None, :], scores * qk_scale, float("-inf"))
         tl.store(score_rows + n[None, :], scores, mask=h_ok[:, None] & (n < end)[None, :])
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        denom = denom * tl.exp2(m - m_safe) + tl.sum(tl.exp2(scores - m_safe[:, None]), axis=1)
-        m = m_new
-    stats = stats_ptr + (t.to(tl.int64) * split_cap + split) * 2 * H + heads
-    tl.store(stats, m, mask=h_ok)
-    tl.store(stats + H, denom, mask=h_ok)
 
 
 def _prune_values(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    return _VALUES_TILES(configs, named_args)
+    tiles = [_values_tile_of(t) for t in _VALUES_TILES(VALUES_CANDIDATES, named_args)]
+    return [c for c in configs if c.kwargs["num_splits"] <= named_args["split_cap"] and _values_tile_of(c) in tiles]
+
+
+def _values_tile_of(config: triton.Config) -> tuple[int, ...]:
+    kw = config.kwargs
+    return (kw["BLOCK_H"], kw["BLOCK_N"], kw["COLS"], config.num_warps, config.num_stages)
+
+
+def _merge_after_timing(nargs: dict[str, Any], exception: BaseException | None = None) -> None:
+    # The autotuner times each values config with its merge, so that more splits are not free.
+    splits = min(int(nargs["num_splits"]), int(nargs["split_cap"]))
+    if exception is None and splits > 1:
+        merge_splits(nargs["part_ptr"], nargs["part_lse_ptr"], nargs["out_ptr"], nargs["lse_ptr"], splits)
+
+
+VALUES_TUNED = [
+    triton.Config({**tile.kwargs, "num_splits": s}, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    for tile in VALUES_CANDIDATES
+    for s in VALUE_SPLITS
+]
 
 
 @triton.autotune(
-    configs=autotune_configs(VALUES_CANDIDATES, VALUES_INTERPRETER),
-    key=["H", "TOPK", "token_bucket", "splits", "capability"],
+    configs=autotune_configs(VALUES_TUNED, VALUES_INTERPRETER),
+    key=["H", "TOPK", "token_bucket", "split_cap", "capability"],
     prune_configs_by={"early_config_prune": _prune_values},
+    post_hook=_merge_after_timing,
 )
-@triton.jit(do_not_specialize=["split_cap", "splits", "capability"])
+@triton.jit(do_not_specialize=["split_cap", "num_splits", "capability"])
 def _mla_values_kernel(
     row_fp8_ptr,  # the cache as e4m3 [S, 656]
     row_f32_ptr,  # the cache as f32 [S, 164]
     idx_ptr,  # [T, TOPK] int32
     scores_ptr,  # [T, H, TOPK] f32, base 2
-    stats_ptr,  # [T, split_cap, 2, H] f32
     out_ptr,  # [T, H, 512] bf16
     lse_ptr,  # [T, H] f32
+    part_ptr,  # [T, splits, H, 512] f32, each split normalized by itself (several splits only)
+    part_lse_ptr,  # [T, splits, H] f32
     H,
     TOPK,
     stride_it,
     token_bucket,
-    split_cap,
-    splits,  # splits the scores pass ran
+    split_cap,  # the most splits the partial buffers hold
     capability,
-    SPLITS: tl.constexpr,  # splits rounded up to a power of two
+    num_splits,
     ROW_BYTES: tl.constexpr,
     SCALE_OFFSET: tl.constexpr,
+    LATENT: tl.constexpr,
     TILE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     COLS: tl.constexpr,
 ):
     TILES: tl.constexpr = COLS // TILE
+    COLUMN_BLOCKS: tl.constexpr = LATENT // COLS
     t = tl.program_id(2)
-    column_block = tl.program_id(1)
-    heads = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    split = tl.program_id(1)
+    column_block = tl.program_id(0) % COLUMN_BLOCKS
+    heads = (tl.program_id(0) // COLUMN_BLOCKS) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = heads < H
-    s = tl.arange(0, SPLITS)
-    stat = stats_ptr + (t.to(tl.int64) * split_cap + s[:, None]) * 2 * H + heads[None, :]  # [SPLITS, BLOCK_H]
-    ok = (s < splits)[:, None] & h_ok[None, :]
-    m_s = tl.load(stat, mask=ok, other=float("-inf"))
-    l_s = tl.load(stat + H, mask=ok, other=0.0)
-    m = tl.max(m_s, axis=0)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    denom = tl.sum(l_s * tl.exp2(m_s - m_safe[None, :]), axis=0)  # [BLOCK_H]
-
     tile = tl.arange(0, TILES)
     d = tl.arange(0, TILE)
     first_col = column_block * COLS
+    m = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)
+    denom = tl.zeros((BLOCK_H,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_H, COLS), dtype=tl.float32)
+
+    splits = tl.minimum(num_splits, split_cap)
+    split_len = tl.cdiv(tl.cdiv(TOPK, splits), BLOCK_N) * BLOCK_N
+    begin = split * split_len
+    end = tl.minimum(begin + split_len, TOPK)
     idx_row = idx_ptr + t.to(tl.int64) * stride_it
     score_rows = scores_ptr + (t.to(tl.int64) * H + heads)[:, None] * TOPK
-    for start in range(0, TOPK, BLOCK_N):
+    for start in range(begin, end, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
-        slot = tl.load(idx_row + n, mask=n < TOPK, other=-1)
+        slot = tl.load(idx_row + n, mask=n < end, other=-1)
         valid = slot >= 0
         slot = tl.where(valid, slot, 0).to(tl.int64)
-        score = tl.load(score_rows + n[None, :], mask=h_ok[:, None] & (n < TOPK)[None, :], other=float("-inf"))
-        p = tl.exp2(score - m_safe[:, None])  # [BLOCK_H, BLOCK_N]; 0 for invalid slots
+        score = tl.load(score_rows + n[None, :], mask=h_ok[:, None] & (n < end)[None, :], other=float("-inf"))
         v8 = tl.load(
             row_fp8_ptr + slot[:, None, None] * ROW_BYTES + (first_col + tile[:, None] * TILE + d[None, :])[None, :, :],
             mask=valid[:, None, None],
@@ -263,16 +285,36 @@ def _mla_values_kernel(
             other=0.0,
         )  # [BLOCK_N, TILES]
         v = tl.reshape(v8.to(tl.bfloat16) * scale.to(tl.bfloat16)[:, :, None], (BLOCK_N, COLS))
-        acc = tl.dot(p.to(tl.bfloat16), v, acc)
+        m_new = tl.maximum(m, tl.max(score, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_safe)
+        p = tl.exp2(score - m_safe[:, None])  # 0 for invalid slots
+        denom = denom * alpha + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(tl.bfloat16), v, acc * alpha[:, None])
+        m = m_new
     seen = denom > 0.0
     denom_safe = tl.where(seen, denom, 1.0)
     inv = tl.where(seen, 1.0 / denom_safe, 0.0)
+    lse = tl.where(seen, (m + tl.log2(denom_safe)) * 0.6931471805599453, float("-inf"))
     cols = first_col + tl.arange(0, COLS)
-    out_rows = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * (TILE * 4)
-    tl.store(out_rows + cols[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
-    if column_block == 0:
-        lse = tl.where(seen, (m_safe + tl.log2(denom_safe)) * 0.6931471805599453, float("-inf"))
-        tl.store(lse_ptr + t.to(tl.int64) * H + heads, lse, mask=h_ok)
+    if splits > 1:
+        rows = (t.to(tl.int64) * splits + split) * H + heads
+        tl.store(part_ptr + rows[:, None] * LATENT + cols[None, :], acc * inv[:, None], mask=h_ok[:, None])
+        if column_block == 0:
+            tl.store(part_lse_ptr + rows, lse, mask=h_ok)
+    else:
+        out_rows = out_ptr + (t.to(tl.int64) * H + heads)[:, None] * LATENT
+        tl.store(out_rows + cols[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
+        if column_block == 0:
+            tl.store(lse_ptr + t.to(tl.int64) * H + heads, lse, mask=h_ok)
+
+
+def max_value_splits(tokens: int, heads: int, topk: int, multiprocessors: int) -> int:
+    """At most 16 values programs per multiprocessor (at 16 heads and 128 columns a program), at least 64 slots a
+    split."""
+    base = tokens * triton.cdiv(heads, 16) * (LATENT_DIM // 128)
+    fits = [s for s in VALUE_SPLITS if base * s <= 16 * multiprocessors and topk // s >= 64]
+    return max(fits, default=1)
 
 
 def max_score_splits(tokens: int, heads: int, topk: int, multiprocessors: int) -> int:
@@ -292,7 +334,6 @@ def two_pass_sparse_mla(
     lse = torch.empty(tokens, heads, dtype=torch.float32, device=q.device)
     scores = torch.empty(tokens * heads * topk, dtype=torch.float32, device=q.device)
     cap = max_score_splits(tokens, heads, topk, multiprocessors)
-    stats = torch.empty(tokens * cap * 2 * heads, dtype=torch.float32, device=q.device)
     bucket = min(triton.next_power_of_2(tokens), 4096)
     capability = capability_key(q)
 
@@ -306,7 +347,6 @@ def two_pass_sparse_mla(
         kv.view(torch.bfloat16),
         indices,
         scores,
-        stats,
         sm_scale * 1.4426950408889634,
         heads,
         topk,
@@ -323,31 +363,41 @@ def two_pass_sparse_mla(
         TILES=LATENT_TILES,
         ROPE=ROPE_DIM,
     )
-    splits = min(int(_mla_scores_kernel.best_config.kwargs["num_splits"]), cap)
+    value_cap = max_value_splits(tokens, heads, topk, multiprocessors)
+    if value_cap > 1:
+        part = torch.empty(tokens * value_cap * heads * LATENT_DIM, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(tokens * value_cap * heads, dtype=torch.float32, device=q.device)
+    else:
+        part, part_lse = out, lse  # unused without splits
 
     def values_grid(meta: dict[str, int]) -> tuple[int, int, int]:
-        return (triton.cdiv(heads, meta["BLOCK_H"]), LATENT_DIM // meta["COLS"], tokens)
+        blocks = triton.cdiv(heads, meta["BLOCK_H"]) * (LATENT_DIM // meta["COLS"])
+        return (blocks, min(meta["num_splits"], value_cap), tokens)
 
     _LAST[1] = _mla_values_kernel[values_grid](
         kv.view(FP8),
         kv.view(torch.float32),
         indices,
         scores,
-        stats,
         out,
         lse,
+        part,
+        part_lse,
         heads,
         topk,
         indices.stride(0),
         bucket,
-        cap,
-        splits,
+        value_cap,
         capability,
-        SPLITS=triton.next_power_of_2(splits),
         ROW_BYTES=MLA_ROW_BYTES,
         SCALE_OFFSET=MLA_SCALE_OFFSET,
+        LATENT=LATENT_DIM,
         TILE=QUANT_BLOCK,
     )
+    if value_cap > 1:
+        splits = min(int(_mla_values_kernel.best_config.kwargs["num_splits"]), value_cap)
+        if splits > 1:
+            merge_splits(part, part_lse, out, lse, splits)
     return out, lse
 
 

@@ -299,3 +299,25 @@ async def test_priority_metrics_have_totals_and_per_priority_series(make_sim: Ma
     assert waiting == {"": 2.0, "1": 0.0, "5": 2.0}
     await sim.client.post("/abort_request", json={"abort_all": True})
     await asyncio.gather(*tasks)
+
+
+# --- reasoning ------------------------------------------------------------------------------------------------------
+
+
+async def test_reasoning_parser_sends_reasoning_content_and_counts_reasoning_tokens(make_sim: MakeSim) -> None:
+    sim = await make_sim(reasoning_parser="glm45")
+    body = (await sim.client.post(CHAT, json=chat_body("think", max_tokens=9, ignore_eos=True))).json()
+    message = body["choices"][0]["message"]
+    assert message["reasoning_content"] and message["content"]
+    assert body["usage"]["reasoning_tokens"] == 3
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}
+    request = chat_body("think", max_tokens=9, ignore_eos=True, stream=True)
+    events = sse_events((await sim.client.post(CHAT, json=request)).text)
+    deltas = [e["choices"][0]["delta"] for e in events[1:-2]]
+    assert "".join(d["reasoning_content"] or "" for d in deltas) == message["reasoning_content"]
+    assert "".join(d.get("content") or "" for d in deltas) == message["content"]
+    together = (
+        await sim.client.post(CHAT, json=chat_body("think", max_tokens=9, ignore_eos=True, separate_reasoning=False))
+    ).json()
+    assert together["choices"][0]["message"]["reasoning_content"] is None
+    assert together["choices"][0]["message"]["content"] == message["reasoning_content"] + message["content"]

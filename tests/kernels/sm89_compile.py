@@ -224,7 +224,7 @@ def specs() -> list[Spec]:
         out.append(Spec("_merge_splits_kernel", "sparse_mla_merge", merge_types, shape, merge.MERGE_WARPS))
     two_pass = importlib.import_module("sparsegate.kernels.dsa.sparse_mla_two_pass")
     scores_types = {**{k: v for k, v in mla_types.items() if not k.startswith(("out", "lse", "part"))}}
-    scores_types.update({"scores_ptr": "*fp32", "stats_ptr": "*fp32"})
+    scores_types.update({"scores_ptr": "*fp32"})
     scores = allowed_configs(
         two_pass.SCORES_CANDIDATES, ada, two_pass.scores_shared_memory, two_pass.SCORES_HOPPER_ONLY
     )
@@ -239,15 +239,16 @@ def specs() -> list[Spec]:
         "row_f32_ptr": "*fp32",
         "idx_ptr": "*i32",
         "scores_ptr": "*fp32",
-        "stats_ptr": "*fp32",
         "out_ptr": "*bf16",
         "lse_ptr": "*fp32",
+        "part_ptr": "*fp32",
+        "part_lse_ptr": "*fp32",
     }
     values = allowed_configs(
         two_pass.VALUES_CANDIDATES, ada, two_pass.values_shared_memory, two_pass.VALUES_HOPPER_ONLY
     )
     for cfg in values:
-        shape = {"SPLITS": max(two_pass.SCORE_SPLITS), **{k: mla_row[k] for k in ("ROW_BYTES", "SCALE_OFFSET")},
+        shape = {**{k: mla_row[k] for k in ("ROW_BYTES", "SCALE_OFFSET")}, "LATENT": 512,
                  "TILE": 128, **cfg.kwargs}  # fmt: skip
         out.append(
             Spec("_mla_values_kernel", "sparse_mla_two_pass", values_types, shape, cfg.num_warps, cfg.num_stages,

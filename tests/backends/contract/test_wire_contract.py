@@ -239,3 +239,11 @@ async def test_scheduler_metrics_have_sglangs_names_and_labels(make_sim: MakeSim
     )
     for name in scheduler:
         assert ours[name] <= real[name], name
+
+
+async def test_reasoning_matches_sglang_models(make_sim: MakeSim, protocol: ModuleType, sse_utils: ModuleType) -> None:
+    sim = await make_sim(reasoning_parser="glm45", enable_cache_report=True)
+    body = chat_body(max_tokens=6, ignore_eos=True)
+    assert_pydantic(protocol.ChatCompletionResponse, (await sim.client.post(CHAT, json=body)).json())
+    stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    check_chat_stream(protocol, sse_utils, sse_events((await sim.client.post(CHAT, json=stream)).text))

@@ -15,7 +15,7 @@ from sparsegate.backends.sim import create_app as create_sim
 from sparsegate.gateway.admin.cli import run_admin
 from sparsegate.gateway.app import create_app
 from sparsegate.gateway.cli import build_parser
-from tests.gateway.admin.support import ADMIN_KEY, MODEL, bearer, settings
+from tests.gateway.admin.support import ACME_KEY, ADMIN_KEY, MODEL, bearer, settings
 
 
 @pytest.fixture
@@ -62,3 +62,17 @@ def test_cli_reports_the_gateway_error_and_exits_non_zero(client: TestClient) ->
     code, out, err = admin(client, "keys", "revoke", "key-nope")
     assert code == 1 and out == ""
     assert "404" in err and "key-nope" in err
+
+
+def test_cli_exports_usage_as_jsonl_and_csv(client: TestClient) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    for _ in range(2):
+        assert client.post("/v1/chat/completions", json=body, headers=bearer(ACME_KEY)).status_code == 200
+    code, out, _ = admin(client, "usage", "--tenant", "acme", "--since", "2000-01-01")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 2 and all(r["tenant"] == "acme" for r in rows)
+    code, out, _ = admin(client, "usage", "--tenant", "acme", "--csv")
+    assert code == 0 and out.splitlines()[0].startswith("uid,request_id,ts,tenant")
+    assert len(out.splitlines()) == 3
+    code, out, err = admin(client, "usage", "--until", "not-a-time")
+    assert code == 1 and "until" in err
