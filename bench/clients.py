@@ -106,6 +106,7 @@ def run_loadgen(
     request_ids: str | None = None,
     marker: str | None = None,
     max_inflight: int | None = None,
+    path: str = "/v1/chat/completions",
     timeout_s: float = 300,
 ) -> dict[str, Any]:
     """Run bench/c/loadgen.c on the rig's CPU; returns its JSON (see parse in the C source)."""
@@ -133,6 +134,7 @@ def run_loadgen(
         argv += ["--request-ids", request_ids]
     if marker:
         argv += ["--marker", marker]
+    argv += ["--path", path]
     if max_inflight:
         argv += ["--max-inflight", str(max_inflight)]
     done = subprocess.run(pinned(RIG_CPUS, argv), capture_output=True, text=True, timeout=timeout_s)

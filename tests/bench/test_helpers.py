@@ -109,3 +109,16 @@ def test_wrk_output_is_parsed_from_a_real_run(up: rig.Upstream, tmp_path: Path) 
     assert (
         out["requests"] <= up.stats()["nonstream"]
     )  # wrk counts answers; requests cut at its end reached the upstream too
+
+
+def test_error_answers_are_counted_with_their_marker(
+    helpers: dict[str, Path], up: rig.Upstream, tmp_path: Path
+) -> None:
+    out = clients.run_loadgen(
+        helpers, up.port, clients.chat_body(1, False), tmp_path, conns=2, once=True, path="/nothing", marker="NOT FOUND"
+    )
+    assert out["status"] == {"404": 2}
+    assert out["ok"] == 0
+    assert out["marked"] == 2  # the marker matches in any case
+    assert out["non200_latency_ms"]["n"] == 2
+    assert out["retry_after"] == 0
