@@ -7,6 +7,7 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     │   ├── ContextLengthExceeded     400 code=context_length_exceeded, param=messages
     │   └── UpstreamRejected          4xx the worker refused the request (its message is passed on)
     ├── RequestTooLarge               413 code=request_too_large
+    ├── RequestHeadersTooLarge        431 code=request_headers_too_large
     ├── AuthenticationFailed          401 code=invalid_api_key
     ├── ModelNotAllowed               403 code=model_not_allowed
     ├── ModelNotFound                 404 code=model_not_found
@@ -133,6 +134,12 @@ class RequestTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestHeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
 
 
 class AuthenticationFailed(GatewayError):
