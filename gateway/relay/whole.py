@@ -7,6 +7,7 @@ import time
 import orjson
 
 from sparsegate.gateway.context import Attempt, RequestContext
+from sparsegate.gateway.dialects import OPENAI, WholeUsage
 from sparsegate.gateway.errors import UpstreamTimeout
 from sparsegate.gateway.overload import FairDeadline
 from sparsegate.gateway.record import RequestRecord, cached_tokens_of, server_timing
@@ -28,7 +29,11 @@ async def relay_whole(
     finally:
         record.upstream_s += time.perf_counter() - started
     ctx.upstream_complete = True
-    account_whole(record, body)
+    assert ctx.job is not None
+    if ctx.job.dialect is OPENAI:
+        account_whole(record, body)
+    else:
+        account_usage(record, ctx.job.dialect.whole_usage(body))
     headers = {**ctx.response_headers, "content-type": "application/json", "server-timing": server_timing(record)}
     record.status = 200
     record.first_byte_at = time.perf_counter()
@@ -53,6 +58,15 @@ def account_whole(record: RequestRecord, body: bytes) -> None:
     record.finish_reasons = [
         str(c.get("finish_reason")) for c in obj.get("choices") or [] if isinstance(c, dict) and c.get("finish_reason")
     ]
+
+
+def account_usage(record: RequestRecord, usage: WholeUsage) -> None:
+    """The Responses, Anthropic and embeddings usage shapes (read by their dialect)."""
+    record.response_id = usage.response_id
+    if usage.prompt_tokens is not None:
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens or 0
+        record.usage_from_worker = True
 
 
 def _int(value: object) -> int:
