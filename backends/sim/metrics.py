@@ -176,7 +176,8 @@ class SimMetrics:
         self._requests.labels(**labels).inc()
         self._prompt_tokens.labels(**labels).inc(prompt_tokens)
         self._generation_tokens.labels(**labels).inc(completion_tokens)
-        self._cached_tokens.labels(**self.request_labels(priority), cache_source="device").inc(cached_tokens)
+        if cached_tokens > 0:  # SGLang reports cached tokens by source only when there are some
+            self._cached_tokens.labels(**self.request_labels(priority), cache_source="device").inc(cached_tokens)
         self._e2e.labels(**labels).observe(seconds)
         if aborted:
             self._aborted.labels(**self.request_labels(priority)).inc()
