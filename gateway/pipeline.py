@@ -12,6 +12,7 @@ answers 503 in microseconds and charges nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -33,10 +34,12 @@ from sparsegate.gateway.intake import ClientDisconnected, parse_object, read_bod
 from sparsegate.gateway.limits.base import AdmissionRequest
 from sparsegate.gateway.observability.logs import request_id_var
 from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from sparsegate.gateway.queueing import Ticket
 from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.relay import relay
 from sparsegate.gateway.relay.attempts import router_outcome
 from sparsegate.gateway.routing import Outcome
+from sparsegate.gateway.settings import TenantConfig
 from sparsegate.gateway.sse import DONE_EVENT
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Receive, Scope, Send, header_map
@@ -165,14 +168,46 @@ async def _layers(
         wants_usage=body.wants_usage,
         upstream_headers={"x-request-id": record.request_id},
     )
-    # From here the client is watched: if it leaves, the relay is cancelled and the worker told at once.
+    # From here the client is watched: if it leaves, the queue wait or the relay is cancelled (and the worker told).
     watcher = asyncio.get_running_loop().create_task(_watch_client(receive, ctx))
     ctx.relaying = True
     try:
-        await relay(state, snapshot, ctx, send)
+        # A slot in the pool first: at once while it has room, else in the tenant's fair queue (gateway/queueing/).
+        ticket = state.gate.try_take(plan.pool.name, tenant.name)
+        if ticket is None:
+            with trace.stage("queue"):
+                ticket, snapshot = await _wait_for_slot(state, snapshot, ctx.record, tenant, body.stream)
+        try:
+            await relay(state, snapshot, ctx, send)
+        finally:
+            state.gate.release(ticket)
     finally:
         ctx.relaying = False
         watcher.cancel()
+
+
+async def _wait_for_slot(
+    state: GatewayState, snapshot: Snapshot, record: RequestRecord, tenant: TenantConfig, stream: bool
+) -> tuple[Ticket, Snapshot]:
+    """Wait in the fair queue; the wait counts against the first-byte deadline, so the relay gets what is left."""
+    timeouts = snapshot.timeouts
+    deadline_s = timeouts.first_byte_s if stream else timeouts.total_s
+    assert record.pool is not None
+    ticket = await state.gate.wait(
+        record.pool,
+        tenant.name,
+        tier=tenant.priority or 0,
+        weight=tenant.weight,
+        budget_s=min(snapshot.settings.fair_share.max_wait_s, deadline_s),
+    )
+    record.queue_s = ticket.queued_s
+    left = timeouts.model_copy(
+        update={
+            "first_byte_s": max(0.001, timeouts.first_byte_s - ticket.queued_s),
+            "total_s": max(0.001, timeouts.total_s - ticket.queued_s),
+        }
+    )
+    return ticket, dataclasses.replace(snapshot, timeouts=left)
 
 
 async def _watch_client(receive: Receive, ctx: RequestContext) -> None:
