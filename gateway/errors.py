@@ -13,6 +13,7 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     ├── ModelNotFound                 404 code=model_not_found
     ├── RouteNotFound                 404 / 405 (unknown path or method)
     ├── ResourceNotFound              404 an admin API tenant or key that does not exist
+    │   └── ResponseNotFound          404 a stored response the tenant does not own (or that expired)
     ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
     │   └── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
     ├── UpstreamError                 502 server_error; `outcome` says whose fault it was (see below)
@@ -176,6 +177,10 @@ class ResourceNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class ResponseNotFound(ResourceNotFound):
+    """A stored response this tenant does not own (another tenant's, expired, or never made): the same 404."""
 
 
 class RateLimited(GatewayError):

@@ -24,6 +24,7 @@ from sparsegate.gateway.limits.base import Limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing
 from sparsegate.gateway.overload import LoopMonitor, Shedder
 from sparsegate.gateway.record import Observer, RequestRecord
+from sparsegate.gateway.responses_store import MemoryResponseStore, ResponseStore
 from sparsegate.gateway.routing import Router
 from sparsegate.gateway.settings import ConfigError, RetrySettings, Settings, Timeouts
 from sparsegate.gateway.upstream import UpstreamClient
@@ -118,6 +119,7 @@ class GatewayState:
     monitor: LoopMonitor
     shedder: Shedder
     started_at: int
+    responses: ResponseStore = field(default_factory=lambda: MemoryResponseStore(ttl_s=86400.0, max_entries=100_000))
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
