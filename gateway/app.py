@@ -1,4 +1,9 @@
-"""The FastAPI application: built from settings, with every client created in the lifespan."""
+"""The gateway as an ASGI application, built from settings, with every client created in the lifespan.
+
+Two layers: a thin dispatcher (`Gateway.__call__`) serves the generation routes (`POST /v1/chat/completions`,
+`POST /v1/completions`) straight on ASGI through `pipeline.serve`, with no framework objects or middleware on the hot
+path; everything else (models, health, metrics, admin, /docs and OpenAPI) is FastAPI's.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import asyncio
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,27 +26,45 @@ from sparsegate.gateway.admin.routes import admin_api
 from sparsegate.gateway.admin.service import Admin
 from sparsegate.gateway.admin.store import build_store
 from sparsegate.gateway.auth import KeyStore
+from sparsegate.gateway.context import mint_id
 from sparsegate.gateway.errors import GatewayError, handle_exception
+from sparsegate.gateway.intake import request_id_of
 from sparsegate.gateway.ledger.service import Ledger, build_sink
 from sparsegate.gateway.limits import build_limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing, provider_from_settings
 from sparsegate.gateway.observability.logs import request_id_var
 from sparsegate.gateway.openapi import install_openapi
-from sparsegate.gateway.pipeline import request_id_of
+from sparsegate.gateway.overload import LoopMonitor, Shedder
+from sparsegate.gateway.pipeline import ENDPOINTS, serve
 from sparsegate.gateway.record import Observer
-from sparsegate.gateway.relay import Services
 from sparsegate.gateway.requestlog import RequestLog
+from sparsegate.gateway.responses_store import build_response_store
 from sparsegate.gateway.routes import api
 from sparsegate.gateway.routing import Router
 from sparsegate.gateway.settings import ConfigError, Settings, load_settings
-from sparsegate.gateway.state import GatewayState, Observers
-from sparsegate.gateway.upstream import Upstream
+from sparsegate.gateway.state import GatewayState, Observers, Snapshot
+from sparsegate.gateway.upstream import UpstreamClient
+from sparsegate.gateway.upstream.via_aiohttp import AiohttpUpstream
+from sparsegate.gateway.upstream.via_httpx import HttpxUpstream
+from sparsegate.gateway.wire import header_map
 
 log = logging.getLogger("sparsegate.app")
 
 
+class Gateway(FastAPI):
+    """The FastAPI app, with the generation routes dispatched to the pipeline before its middleware and routing."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = ENDPOINTS.get(scope["path"])
+            if endpoint is not None:
+                await serve(self.state.gateway, scope, receive, send, endpoint)
+                return
+        await super().__call__(scope, receive, send)
+
+
 class RequestIdMiddleware:
-    """Gives every request an id (the caller's `x-request-id` when safe) and echoes it on every response."""
+    """Gives every FastAPI-served request an id (the caller's `x-request-id` when safe) and echoes it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -51,9 +73,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from starlette.requests import Request
-
-        request_id = request_id_of(Request(scope))
+        request_id = request_id_of(header_map(scope))
         scope.setdefault("state", {})["request_id"] = request_id
         request_id_var.set(request_id)  # every log line of this request carries it (observability/logs.py)
         header = (b"x-request-id", request_id.encode())
@@ -76,38 +96,50 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     observers: list[Observer] | None = None,
     tracer_provider: TracerProvider | None = None,
-) -> FastAPI:
-    """Build the gateway. `transport` swaps the network for tests (an ASGI app or MockTransport); a
-    `tracer_provider` (e.g. with an in-memory exporter) replaces the one built from the settings."""
+    metrics_dir: str | None = None,
+) -> Gateway:
+    """Build the gateway. `transport` swaps the network for tests (an ASGI app or MockTransport), and the requests
+    to workers then go through httpx too; a `tracer_provider` (e.g. with an in-memory exporter) replaces the one
+    built from the settings. `metrics_dir` is prometheus_client's multiprocess directory when several processes
+    serve one port (supervisor.py): /metrics then answers for all of them."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0)
         async with httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False) as client:
             router = Router(settings, client)
-            limiter = build_limiter(settings, replica_id=settings.replica_id or f"gw-{uuid.uuid4().hex[:12]}")
-            metrics = GatewayMetrics(lambda: router.workers())
+            monitor = LoopMonitor()
+            limiter = build_limiter(settings, replica_id=settings.replica_id or mint_id("gw"), monitor=monitor)
+            metrics = GatewayMetrics(lambda: router.workers(), multiprocess_dir=metrics_dir)
             tracing = Tracing(tracer_provider if tracer_provider is not None else provider_from_settings(settings))
-            ledger = build_ledger(settings)
-            services = Services(
-                router=router,
-                upstream=Upstream(client, settings.timeouts),
-                limiter=limiter,
-                observer=Observers([metrics, tracing, RequestLog(), *([ledger] if ledger else []), *(observers or [])]),
-                timeouts=settings.timeouts,
-                retries=settings.retries,
+            connect_s, abort_s = settings.timeouts.connect_s, settings.timeouts.abort_s
+            upstream: UpstreamClient = (
+                HttpxUpstream(client, connect_s=connect_s, abort_s=abort_s)
+                if transport is not None
+                else AiohttpUpstream(monitor, connect_s=connect_s, abort_s=abort_s)
             )
+            ledger = build_ledger(settings)
+            observer = Observers([metrics, tracing, RequestLog(), *([ledger] if ledger else []), *(observers or [])])
             state = GatewayState(
-                settings=settings,
+                snapshot=Snapshot.of(settings),
                 keys=KeyStore(settings),
                 router=router,
                 limiter=limiter,
-                services=services,
-                started_at=int(time.time()),
-                tracing=tracing,
+                upstream=upstream,
+                observer=observer,
                 metrics=metrics,
+                tracing=tracing,
+                monitor=monitor,
+                shedder=Shedder(
+                    monitor,
+                    max_in_flight=settings.overload.max_in_flight,
+                    max_loop_lag_s=settings.overload.max_loop_lag_ms / 1000,
+                ),
+                started_at=int(time.time()),
+                responses=build_response_store(settings),
             )
             app.state.gateway = state
+            monitor.start()
             app.state.admin = admin = Admin(
                 store=build_store(
                     settings.effective_redis_url,
@@ -133,14 +165,17 @@ def create_app(
             finally:
                 stop_metrics()
                 remove_reload()
+                monitor.close()
                 await admin.close()
                 await router.close()
                 await limiter.close()
+                await state.responses.close()
+                await upstream.close()
                 if ledger is not None:
                     await ledger.close()
                 tracing.shutdown()
 
-    app = FastAPI(
+    app = Gateway(
         title="sparsegate",
         summary="OpenAI-compatible gateway for sparse-attention LLMs served by SGLang",
         version="0.1.0",
@@ -164,7 +199,7 @@ def build_ledger(settings: Settings) -> Ledger | None:
 
 
 def _install_reload(state: GatewayState, config_path: Path | None) -> Callable[[], None]:
-    """SIGHUP re-reads the config file and swaps tenants and pools without touching streams in flight."""
+    """SIGHUP re-reads the config file and swaps the snapshot without touching streams in flight."""
     if config_path is None:
         return lambda: None
     loop = asyncio.get_running_loop()
@@ -172,9 +207,7 @@ def _install_reload(state: GatewayState, config_path: Path | None) -> Callable[[
     def reload() -> None:
         try:
             new = load_settings(config_path)
-            if new.effective_redis_url != state.settings.effective_redis_url:
-                log.warning("redis_url changed; the limiter keeps its connection until restart")
-            state.reload(new)  # refuses (ConfigError) before changing anything, e.g. on an unloadable tokenizer
+            state.reload(new)  # refuses (ConfigError) before changing anything
         except ConfigError as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             return

@@ -188,6 +188,17 @@ class Dialect:
     def rate_headers(self, headers: dict[str, str]) -> dict[str, str]:
         return headers
 
+    def raw_error(
+        self, exc: GatewayError, extra_headers: dict[str, str] | None = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, raw ASGI headers and body of the error in this API's envelope (the plain-ASGI path)."""
+        body = json.dumps(self.envelope(exc), separators=(",", ":")).encode()
+        headers = self.rate_headers({**(extra_headers or {}), **exc.headers()})
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw.append((b"content-type", b"application/json"))
+        raw.append((b"content-length", str(len(body)).encode()))
+        return exc.status_code, raw, body
+
     def new_tally(self) -> TypedTally | None:
         return None
 

@@ -7,31 +7,40 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     │   ├── ContextLengthExceeded     400 code=context_length_exceeded, param=messages
     │   └── UpstreamRejected          4xx the worker refused the request (its message is passed on)
     ├── RequestTooLarge               413 code=request_too_large
+    ├── RequestHeadersTooLarge        431 code=request_headers_too_large
     ├── AuthenticationFailed          401 code=invalid_api_key
     ├── ModelNotAllowed               403 code=model_not_allowed
     ├── ModelNotFound                 404 code=model_not_found
     ├── RouteNotFound                 404 / 405 (unknown path or method)
     ├── ResourceNotFound              404 an admin API tenant or key that does not exist
+    │   └── ResponseNotFound          404 a stored response the tenant does not own (or that expired)
     ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
     │   └── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
-    ├── UpstreamError                 502 server_error
-    │   ├── UpstreamUnavailable       502 connect error, reset, bad upstream response
-    │   └── UpstreamTimeout           504
+    ├── UpstreamError                 502 server_error; `outcome` says whose fault it was (see below)
+    │   ├── UpstreamUnavailable       502 refused, reset, 5xx, bad upstream response
+    │   ├── UpstreamTimeout           504
+    │   └── UpstreamBusy              429 the worker's queue is full (its 429), with retry-after
     ├── NoHealthyWorker               503 (with retry-after)
+    ├── Overloaded                    503 this gateway process is at its bound; shed before admission
     ├── LimiterUnavailable            503 the limiter is down and the tenant's policy is fail_closed
     ├── AdminStoreUnavailable         503 the admin state could not be saved (nothing changed)
     └── InternalError                 500 a gateway bug; never for bad input
 
-A dependency's own exceptions (httpx, redis) are translated at one boundary each: `upstream.py` for httpx and
-`limits/` for redis.
+Blame: an `UpstreamError.outcome` is what the worker's breaker hears. Only "refused", "reset", "server_error" and
+"timeout" (a deadline measured in fair time, from when the request was handed to the socket) count against the
+worker; "busy" (its 429) is neutral. A request the gateway cannot encode never becomes an UpstreamError at all: it is
+an InvalidRequest (the client's fault), raised before any worker is picked.
+
+A dependency's own exceptions (httpx, aiohttp, redis) are translated at one boundary each: `upstream/` for the
+HTTP clients and `limits/` for redis.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -127,6 +136,12 @@ class RequestTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class RequestHeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     type = "invalid_request_error"
@@ -164,6 +179,10 @@ class ResourceNotFound(GatewayError):
     code = "not_found"
 
 
+class ResponseNotFound(ResourceNotFound):
+    """A stored response this tenant does not own (another tenant's, expired, or never made): the same 404."""
+
+
 class RateLimited(GatewayError):
     """A tenant limit was hit. `kind` is the OpenAI type: "requests" or "tokens" (concurrency counts as requests)."""
 
@@ -195,9 +214,7 @@ class RateLimited(GatewayError):
             # Retrying cannot help: the request needs more than the whole bucket holds.
             out["x-should-retry"] = "false"
         elif self.retry_after_s is not None:
-            wait_ms = max(1, int(self.retry_after_s * 1000 + 0.999))
-            out["retry-after-ms"] = str(wait_ms)
-            out["retry-after"] = str(max(1, (wait_ms + 999) // 1000))
+            out.update(_retry_headers(self.retry_after_s))
         return out
 
 
@@ -212,15 +229,26 @@ class QuotaExceeded(RateLimited):
                          rate_headers=rate_headers)  # fmt: skip
 
 
+UpstreamOutcome = Literal["refused", "reset", "server_error", "timeout", "busy", "bad_response"]
+# What counts against a worker's breaker; anything else is neutral for it.
+WORKER_FAULTS: frozenset[str] = frozenset({"refused", "reset", "server_error", "timeout", "bad_response"})
+
+
 class UpstreamError(GatewayError):
     """The worker failed. `retriable` marks failures that happened before the worker took the request
-    (connect errors, 503 from a full or draining worker), which are safe to send to another worker."""
+    (refused connects, 503 from a full or draining worker, 429), which are safe to send to another worker.
+    `outcome` is what the worker's breaker is told (see the module docstring)."""
 
     status = 502
 
-    def __init__(self, message: str, *, retriable: bool = False) -> None:
+    def __init__(self, message: str, *, retriable: bool = False, outcome: UpstreamOutcome = "server_error") -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.outcome: UpstreamOutcome = outcome
+
+    @property
+    def blames_worker(self) -> bool:
+        return self.outcome in WORKER_FAULTS
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -229,6 +257,23 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message, retriable=retriable, outcome="timeout")
+
+
+class UpstreamBusy(UpstreamError):
+    """The worker answered 429: its queue is full. Not the worker's fault and not the client's; retried on another
+    worker, and passed on as 429 with the worker's wait (or one second) when none is left."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retriable=True, outcome="busy")
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return _retry_headers(self.retry_after_s)
 
 
 class NoHealthyWorker(GatewayError):
@@ -240,6 +285,20 @@ class NoHealthyWorker(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(max(1, round(self.retry_after_s)))}
+
+
+class Overloaded(GatewayError):
+    """This process is at its in-flight or event-loop-lag bound. Answered before admission (nothing charged), fast,
+    and never blamed on a worker."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return _retry_headers(self.retry_after_s)
 
 
 class LimiterUnavailable(GatewayError):
@@ -260,6 +319,27 @@ class InternalError(GatewayError):
     status = 500
 
 
+def _retry_headers(wait_s: float) -> dict[str, str]:
+    wait_ms = max(1, int(wait_s * 1000 + 0.999))
+    return {"retry-after-ms": str(wait_ms), "retry-after": str(max(1, (wait_ms + 999) // 1000))}
+
+
+def error_body(exc: GatewayError) -> bytes:
+    return orjson.dumps(exc.envelope())
+
+
+def raw_error(
+    exc: GatewayError, extra_headers: dict[str, str] | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, raw ASGI headers and body of the envelope, for the plain-ASGI hot path."""
+    body = error_body(exc)
+    headers = {**(extra_headers or {}), **exc.headers()}
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-type", b"application/json"))
+    raw.append((b"content-length", str(len(body)).encode()))
+    return exc.status_code, raw, body
+
+
 def error_response(exc: GatewayError, extra_headers: dict[str, str] | None = None) -> JSONResponse:
     headers = {**(extra_headers or {}), **exc.headers()}
     return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=headers)
@@ -267,7 +347,7 @@ def error_response(exc: GatewayError, extra_headers: dict[str, str] | None = Non
 
 def error_event(exc: GatewayError) -> bytes:
     """The same envelope as one SSE event, for failures after the first streamed byte."""
-    return b"data: " + json.dumps(exc.envelope(), separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + error_body(exc) + b"\n\n"
 
 
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -1,5 +1,6 @@
 """OpenAI request and response models, as the gateway validates and forwards them.
 
+Scalars are strict, as OpenAI's API is: `"max_tokens": "16"` or `"stream": "yes"` is a 400, not a coerced value.
 Every model allows unknown fields (`extra="allow"`), so SGLang extensions (`top_k`, `regex`, `ebnf`, ...) reach the
 worker untouched; the gateway forwards `model_dump(exclude_unset=True)`. Fields the gateway owns (`rid`,
 `priority`) are overwritten, never taken from the client.
@@ -7,9 +8,12 @@ worker untouched; the gateway forwards `model_dump(exclude_unset=True)`. Fields 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, field_validator
+
+# A float field that takes JSON numbers (ints included) but never a string.
+Number = Annotated[float, Strict()]
 
 
 class OpenAIBaseModel(BaseModel):
@@ -17,26 +21,26 @@ class OpenAIBaseModel(BaseModel):
 
 
 class StreamOptions(OpenAIBaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    content: StrictStr | list[dict[str, Any]] | None = None
+    name: StrictStr | None = None
 
 
 class _GenerationRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1)
-    stream: bool = False
+    model: StrictStr = Field(min_length=1)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=128)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: Number | None = Field(default=None, ge=0, le=2)
+    top_p: Number | None = Field(default=None, gt=0, le=1)
+    n: StrictInt = Field(default=1, ge=1, le=128)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
 
     @field_validator("stop")
     @classmethod
@@ -55,7 +59,7 @@ class _GenerationRequest(OpenAIBaseModel):
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
 
     def requested_max_tokens(self) -> int | None:
@@ -63,8 +67,8 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    echo: StrictBool = False
 
     @field_validator("prompt")
     @classmethod

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 
-from sparsegate.gateway.errors import GatewayError, ModelNotFound
-from sparsegate.gateway.pipeline import serve_generation
+from sparsegate.gateway.errors import ModelNotFound
+from sparsegate.gateway.pipeline import serve
 from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.state import GatewayState, gateway_state
 
 api = APIRouter()
@@ -22,17 +22,22 @@ def _body_schema(model: type[ChatCompletionRequest] | type[CompletionRequest]) -
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
+class _Pipeline(Response):
+    """Hands the raw ASGI exchange to the pipeline. The gateway's dispatcher (app.py) serves these routes before
+    FastAPI sees them; this path documents them in OpenAPI and serves them when the FastAPI app runs alone."""
+
+    def __init__(self, state: GatewayState, endpoint: str) -> None:
+        self.status_code = 200
+        self.background = None
+        self._state = state
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve(self._state, scope, receive, send, self._endpoint)
+
+
 async def _generate(request: Request, endpoint: str) -> Response:
-    state = gateway_state(request)
-    try:
-        return await serve_generation(request, state, endpoint)
-    except GatewayError as exc:
-        # Refused before the relay took over: the relay reports its own requests; these are reported here.
-        record = getattr(request.state, "record", None)
-        if isinstance(record, RequestRecord):
-            record.status, record.outcome, record.error_type = exc.status_code, "error", type(exc).__name__
-            state.observer.on_finish(record)
-        raise
+    return _Pipeline(gateway_state(request), endpoint)
 
 
 @api.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest), tags=["openai"])
@@ -45,6 +50,56 @@ async def create_chat_completion(request: Request) -> Response:
 async def create_completion(request: Request) -> Response:
     """OpenAI (legacy) text completions."""
     return await _generate(request, "completions")
+
+
+@api.post("/v1/responses", tags=["openai"])
+async def create_response(request: Request) -> Response:
+    """OpenAI Responses: stream (typed events) or whole, tools, `store`; `previous_response_id` goes to the worker
+    that holds that response."""
+    return await _generate(request, "responses")
+
+
+@api.get("/v1/responses/{response_id}", tags=["openai"])
+async def retrieve_response(response_id: str, request: Request) -> Response:
+    """A stored response of this key's tenant, from the worker that holds it; 404 for any other id."""
+    return await _generate(request, "responses_get")
+
+
+@api.post("/v1/responses/{response_id}/cancel", tags=["openai"])
+async def cancel_response(response_id: str, request: Request) -> Response:
+    """Cancel a background response of this key's tenant on the worker that runs it; 404 for any other id."""
+    return await _generate(request, "responses_cancel")
+
+
+@api.post("/v1/messages", tags=["anthropic"])
+async def create_message(request: Request) -> Response:
+    """Anthropic Messages, stream (Anthropic's event names) or whole, with tools; keys as `x-api-key` or Bearer;
+    errors in Anthropic's envelope; `anthropic-ratelimit-*` headers."""
+    return await _generate(request, "messages")
+
+
+@api.post("/v1/messages/count_tokens", tags=["anthropic"])
+async def count_message_tokens(request: Request) -> Response:
+    """The prompt's token count by the model's own tokenizer on a worker."""
+    return await _generate(request, "count_tokens")
+
+
+@api.post("/v1/embeddings", tags=["openai"])
+async def create_embeddings(request: Request) -> Response:
+    """Embeddings, for embedding models; their input tokens are charged."""
+    return await _generate(request, "embeddings")
+
+
+@api.post("/v1/tokenize", tags=["sglang"])
+async def tokenize(request: Request) -> Response:
+    """The served model's own tokenizer (SGLang's `/v1/tokenize`)."""
+    return await _generate(request, "tokenize")
+
+
+@api.post("/v1/detokenize", tags=["sglang"])
+async def detokenize(request: Request) -> Response:
+    """Token ids back to text (SGLang's `/v1/detokenize`)."""
+    return await _generate(request, "detokenize")
 
 
 def _cards(state: GatewayState, request: Request) -> list[ModelCard]:

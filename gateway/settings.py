@@ -146,6 +146,18 @@ class RetrySettings(_Section):
     max_attempts: int = Field(default=3, ge=1, description="attempts per request, before the first byte only")
 
 
+class OverloadSettings(_Section):
+    """Per-process bounds beyond which new requests are shed (503 with retry-after) before admission."""
+
+    max_in_flight: int = Field(default=1024, gt=0, description="requests served at once by one process")
+    max_loop_lag_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        description="shed new requests while the event loop runs this far behind (lower it to trade refusals for "
+        "latency; on a box shared with other busy processes, bursts alone can cause a few hundred ms)",
+    )
+
+
 class ResponsesSettings(_Section):
     """Where stored OpenAI responses live (gateway/responses_store.py)."""
 
@@ -220,6 +232,7 @@ class Settings(BaseSettings):
     timeouts: Timeouts = Timeouts()
     health: HealthSettings = HealthSettings()
     retries: RetrySettings = RetrySettings()
+    overload: OverloadSettings = OverloadSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     responses: ResponsesSettings = ResponsesSettings()
     admin: AdminSettings = AdminSettings()

@@ -17,6 +17,7 @@ from sparsegate.gateway.limits.base import (
 )
 from sparsegate.gateway.limits.memory import MemoryLimiter
 from sparsegate.gateway.limits.redis import RedisLimiter
+from sparsegate.gateway.overload import LoopMonitor
 from sparsegate.gateway.settings import Settings
 
 __all__ = [
@@ -32,9 +33,10 @@ __all__ = [
 ]
 
 
-def build_limiter(settings: Settings, *, replica_id: str) -> Limiter:
-    """The limiter the settings ask for; call `start()` on it in the lifespan and `close()` on the way out."""
+def build_limiter(settings: Settings, *, replica_id: str, monitor: LoopMonitor | None = None) -> Limiter:
+    """The limiter the settings ask for; call `start()` on it in the lifespan and `close()` on the way out.
+    With `monitor`, Redis deadlines run in fair time (limits/redis.py)."""
     url = settings.effective_redis_url
     if url:
-        return RedisLimiter(settings.limiter, url=url, replica_id=replica_id)
+        return RedisLimiter(settings.limiter, url=url, replica_id=replica_id, monitor=monitor)
     return MemoryLimiter(settings.limiter)

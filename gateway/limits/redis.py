@@ -44,6 +44,7 @@ from sparsegate.gateway.limits.base import AdmissionRequest, RateState, Reservat
 from sparsegate.gateway.limits.buckets import BucketSpec, Observation, needs_settle, plan, rate_state, rejection, share
 from sparsegate.gateway.limits.memory import MemoryLimiter
 from sparsegate.gateway.limits.replicas import Heartbeat
+from sparsegate.gateway.overload import FairDeadline, LoopMonitor
 from sparsegate.gateway.settings import Budgets, LimiterSettings
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,13 @@ class RedisCallFailed(LimiterUnavailable):
 
 
 @asynccontextmanager
-async def redis_errors(deadline_s: float) -> AsyncIterator[None]:
-    """The boundary: every Redis or socket failure, and any call outliving `deadline_s`, is `RedisCallFailed`."""
+async def redis_errors(deadline_s: float, monitor: LoopMonitor | None = None) -> AsyncIterator[None]:
+    """The boundary: every Redis or socket failure, and any call outliving `deadline_s`, is `RedisCallFailed`.
+
+    With a loop monitor the deadline runs in fair time (overload.py): time this process's own event loop was
+    behind is not Redis being slow, so a busy gateway does not fail (or fail open) admissions Redis answered."""
     try:
-        async with asyncio.timeout(deadline_s):
+        async with FairDeadline(monitor, deadline_s) if monitor is not None else asyncio.timeout(deadline_s):
             yield
     except (RedisError, OSError, TimeoutError) as exc:
         raise RedisCallFailed(_UNAVAILABLE) from exc
@@ -88,8 +92,11 @@ async def redis_errors(deadline_s: float) -> AsyncIterator[None]:
 class RedisLimiter:
     """Per-tenant requests/minute, tokens/minute and concurrency, shared by every replica using the same Redis."""
 
-    def __init__(self, settings: LimiterSettings, *, url: str, replica_id: str) -> None:
+    def __init__(
+        self, settings: LimiterSettings, *, url: str, replica_id: str, monitor: LoopMonitor | None = None
+    ) -> None:
         self._settings = settings
+        self._monitor = monitor
         self._prefix = settings.key_prefix
         self._replica_id = replica_id
         # Each round trip gets a window of connect + socket timeout (a connect only happens on a fresh connection).
@@ -142,7 +149,7 @@ class RedisLimiter:
 
     async def _warm_connection(self) -> None:
         with contextlib.suppress(LimiterUnavailable):
-            async with redis_errors(self._window_s):
+            async with redis_errors(self._window_s, self._monitor):
                 await self._client.ping()
 
     async def close(self) -> None:
@@ -153,7 +160,7 @@ class RedisLimiter:
             try:
                 await self._flush_pending()
                 # Leave the replica set now, so the others' fail-open shares grow without waiting for staleness.
-                async with redis_errors(self._window_s):
+                async with redis_errors(self._window_s, self._monitor):
                     await self._client.zrem(self._replicas_key, self._replica_id)
             except LimiterUnavailable:
                 log.warning("limiter: Redis unreachable at close; %d settle(s) not replayed", len(self._pending))
@@ -322,12 +329,12 @@ class RedisLimiter:
             self._slots.release()
 
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
-        async with redis_errors(self._window_s):
+        async with redis_errors(self._window_s, self._monitor):
             try:
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 pass  # Redis restarted or its script cache was flushed: send the source, once
-        async with redis_errors(self._window_s):
+        async with redis_errors(self._window_s, self._monitor):
             return await self._client.eval(script.source, len(keys), *keys, *args)
 
     async def _beat(self) -> int | None:

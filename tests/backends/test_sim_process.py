@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import signal
@@ -134,6 +135,6 @@ def test_sigterm_ends_open_streams_cleanly() -> None:
             if pipe is not None:
                 pipe.close()
     assert rest[-1] == "data: [DONE]"
-    assert '"code":503' in rest[-2]
+    assert json.loads(rest[-2].removeprefix("data: "))["error"]["code"] == 503
     assert b"Traceback" not in stderr
     assert proc.returncode in (0, -signal.SIGTERM)

@@ -38,7 +38,10 @@ async def serve() -> AsyncIterator[Serve]:
                 create_app(config),
                 host="127.0.0.1",
                 port=0,
-                log_level="critical",
+                # Leave the process's logging alone: uvicorn's log_config and log_level would reconfigure the
+                # `uvicorn.*` loggers for every later test in this process.
+                log_config=None,
+                log_level=None,
                 timeout_graceful_shutdown=1,
             )
         )

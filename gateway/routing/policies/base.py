@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 from ..workers import Worker
 
-Outcome = Literal["ok", "client_error", "connect_error", "upstream_error", "timeout", "cancelled"]
+Outcome = Literal["ok", "client_error", "connect_error", "upstream_error", "timeout", "cancelled", "busy"]
 
 
 class Policy(Protocol):
