@@ -52,7 +52,7 @@ _INTERNAL_URL = re.compile(r"\s*\b(?:https?|redis|rediss|unix)://[^\s,;)]*?(?=[.
 
 def client_message(message: str) -> str:
     """The message as a client may read it: without internal host names (`worker http://10.0.0.5:30000 failed`
-    becomes `worker failed`). Every client-facing error body goes through `envelope`, hence through here."""
+    becomes `worker failed`). Every client-facing error body (`envelope`, the dialects') uses `public_message`."""
     return _INTERNAL_URL.sub("", message)
 
 
@@ -85,10 +85,15 @@ class GatewayError(Exception):
         """Extra response headers (retry hints); empty unless a subclass has something to say."""
         return {}
 
+    @property
+    def public_message(self) -> str:
+        """The message as the client reads it (no internal hosts); `message` is the operator's, for logs."""
+        return client_message(self.message)
+
     def envelope(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": client_message(self.message),
+                "message": self.public_message,
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.error_code,
