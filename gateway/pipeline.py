@@ -250,6 +250,7 @@ async def _settle_and_report(state: GatewayState, ctx: RequestContext) -> None:
             # produced anything is refunded whole; a disconnect pays for the prompt and what was streamed.
             nothing_done = attempt is None or (record.outcome == "error" and record.completion_tokens == 0)
             used = 0 if nothing_done else record.prompt_tokens + record.completion_tokens
+            record.charged = not nothing_done  # the ledger records tokens as charged
             await asyncio.shield(state.limiter.settle(ctx.reservation, used))
     except Exception:
         log.exception("settling %s failed", record.request_id)

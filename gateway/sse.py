@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparsegate.gateway.record import cached_tokens_of
+
 DONE_EVENT = b"data: [DONE]\n\n"
 _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
 _CONTENT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")|"tool_calls"\s*:\s*\[')
@@ -95,6 +97,8 @@ class StreamTally:
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
+            if cached := cached_tokens_of(usage):  # nested in prompt_tokens_details, so kept by name
+                self.usage["cached_tokens"] = cached
             if not self.wants_usage:
                 if not obj.get("choices"):
                     return None  # the usage-only chunk the client did not ask for

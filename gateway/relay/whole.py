@@ -10,7 +10,7 @@ from sparsegate.gateway.context import Attempt, RequestContext
 from sparsegate.gateway.dialects import OPENAI, WholeUsage
 from sparsegate.gateway.errors import UpstreamTimeout
 from sparsegate.gateway.overload import FairDeadline
-from sparsegate.gateway.record import RequestRecord, server_timing
+from sparsegate.gateway.record import RequestRecord, cached_tokens_of, server_timing
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Send, raw_headers
 
@@ -52,6 +52,7 @@ def account_whole(record: RequestRecord, body: bytes) -> None:
     if isinstance(usage, dict):
         record.prompt_tokens = _int(usage.get("prompt_tokens")) or record.prompt_tokens
         record.completion_tokens = _int(usage.get("completion_tokens"))
+        record.cached_tokens = cached_tokens_of(usage)
         record.usage_from_worker = True
     record.response_id = obj.get("id") if isinstance(obj.get("id"), str) else None
     record.finish_reasons = [
