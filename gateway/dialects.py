@@ -34,6 +34,7 @@ ANTHROPIC_ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "request_timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",

@@ -390,6 +390,13 @@ def to_gateway_error(exc: Exception) -> GatewayError:
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
     """The single exception handler registered for every exception class."""
+    from sparsegate.gateway.dialects import OPENAI, dialect_for_path  # dialects builds on this module
+
     err = to_gateway_error(exc)
     extra = getattr(request.state, "rate_headers", None)
-    return error_response(err, extra if isinstance(extra, dict) else None)
+    dialect = dialect_for_path(request.url.path)
+    if dialect is OPENAI:
+        return error_response(err, extra if isinstance(extra, dict) else None)
+    # e.g. a wrong method on /v1/messages: still the envelope that API's clients parse
+    headers = dialect.rate_headers({**(extra if isinstance(extra, dict) else {}), **err.headers()})
+    return JSONResponse(dialect.envelope(err), status_code=err.status_code, headers=headers)
