@@ -52,7 +52,7 @@ _INTERNAL_URL = re.compile(r"\s*\b(?:https?|redis|rediss|unix)://[^\s,;)]*?(?=[.
 
 def client_message(message: str) -> str:
     """The message as a client may read it: without internal host names (`worker http://10.0.0.5:30000 failed`
-    becomes `worker failed`). Every client-facing error body goes through `envelope`, hence through here."""
+    becomes `worker failed`). Every client-facing error body (`envelope`, the dialects') uses `public_message`."""
     return _INTERNAL_URL.sub("", message)
 
 
@@ -85,10 +85,15 @@ class GatewayError(Exception):
         """Extra response headers (retry hints); empty unless a subclass has something to say."""
         return {}
 
+    @property
+    def public_message(self) -> str:
+        """The message as the client reads it (no internal hosts); `message` is the operator's, for logs."""
+        return client_message(self.message)
+
     def envelope(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": client_message(self.message),
+                "message": self.public_message,
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.error_code,
@@ -385,6 +390,13 @@ def to_gateway_error(exc: Exception) -> GatewayError:
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
     """The single exception handler registered for every exception class."""
+    from sparsegate.gateway.dialects import OPENAI, dialect_for_path  # dialects builds on this module
+
     err = to_gateway_error(exc)
     extra = getattr(request.state, "rate_headers", None)
-    return error_response(err, extra if isinstance(extra, dict) else None)
+    dialect = dialect_for_path(request.url.path)
+    if dialect is OPENAI:
+        return error_response(err, extra if isinstance(extra, dict) else None)
+    # e.g. a wrong method on /v1/messages: still the envelope that API's clients parse
+    headers = dialect.rate_headers({**(extra if isinstance(extra, dict) else {}), **err.headers()})
+    return JSONResponse(dialect.envelope(err), status_code=err.status_code, headers=headers)

@@ -169,3 +169,26 @@ async def test_embeddings_charge_input_and_tokenize_passes_through() -> None:
         assert back.json()["text"] == "hello"
         unknown = await gw.client.post("/v1/embeddings", json={"model": "nope", "input": "a"}, headers=AUTH)
         assert unknown.status_code == 404
+
+
+async def test_background_response_is_cancelled_on_its_worker() -> None:
+    async with running(sims=2, extra_tenants=[OTHER]) as gw:
+        started = await gw.client.post(
+            "/v1/responses",
+            json={"model": MODEL, "input": "long", "background": True, "max_output_tokens": 3000},
+            headers=AUTH,
+        )
+        assert started.status_code == 200 and started.json()["status"] == "queued"
+        rid, holder = started.json()["id"], gw.records[-1].worker
+        cancelled = await gw.client.post(f"/v1/responses/{rid}/cancel", headers=AUTH)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert gw.records[-1].worker == holder and gw.records[-1].endpoint == "responses_cancel"
+        stats = await gw.sim_stats(holder.removeprefix("http://"))
+        assert rid not in stats["rids_active"]
+
+
+async def test_wrong_method_on_messages_answers_in_anthropics_envelope() -> None:
+    async with running() as gw:
+        answer = await gw.client.get("/v1/messages", headers={"x-api-key": KEY})
+        assert answer.status_code == 405
+        assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "invalid_request_error"
