@@ -39,6 +39,7 @@ from sparsegate.gateway.pipeline import ENDPOINTS, serve
 from sparsegate.gateway.queueing import FairGate, QueueMetrics
 from sparsegate.gateway.record import Observer
 from sparsegate.gateway.requestlog import RequestLog
+from sparsegate.gateway.responses_store import build_response_store
 from sparsegate.gateway.routes import api
 from sparsegate.gateway.routing import Router
 from sparsegate.gateway.settings import ConfigError, Settings, load_settings
@@ -144,6 +145,7 @@ def create_app(
                 ),
                 gate=gate,
                 started_at=int(time.time()),
+                responses=build_response_store(settings),
             )
             app.state.gateway = state
             monitor.start()
@@ -178,6 +180,7 @@ def create_app(
                 await gate.close()
                 await router.close()
                 await limiter.close()
+                await state.responses.close()
                 await upstream.close()
                 if ledger is not None:
                     await ledger.close()
