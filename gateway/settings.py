@@ -166,7 +166,11 @@ class FairShareSettings(_Section):
 
     enabled: bool = True
     headroom: int = Field(default=0, ge=0, description="requests each worker may queue beyond its max_running_requests")
-    max_queued_per_tenant: int = Field(default=256, gt=0, description="per tenant and pool; beyond it a 429")
+    max_queued_per_tenant: int = Field(
+        default=1024,
+        gt=0,
+        description="per tenant and pool; beyond it a 429 (the default leaves the bound to overload.max_in_flight)",
+    )
     pacing: float = Field(
         default=0.8,
         ge=0,
