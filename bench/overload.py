@@ -31,16 +31,14 @@ from typing import Any
 
 import rig
 import targets
+from clients import chat_body, pct, run_loadgen
 from rig import (
     REPO,
     Upstream,
     build_helpers,
-    chat_body,
     git_commit,
     loadavg,
     machine,
-    pct,
-    run_loadgen,
     upstream,
     wait_quiet,
 )

@@ -33,18 +33,16 @@ from typing import Any
 import peers_report
 import rig
 import targets
+from clients import chat_body, run_loadgen, run_wrk
 from rig import (
     REPO,
     TARGET_CPUS,
     Upstream,
     build_helpers,
-    chat_body,
     git_commit,
     loadavg,
     machine,
     need_wrk,
-    run_loadgen,
-    run_wrk,
     upstream,
     wait_quiet,
 )

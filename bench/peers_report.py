@@ -74,15 +74,23 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Callable[[str], str]]]:
             return "–"
         if "failed" in t:
             return "failed to run"
-        bad = sum(
-            int(_get(t, "nonstream", str(c), "non_2xx") or 0) + int(_get(t, "nonstream", str(c), "socket_errors") or 0)
-            for c in (1, 16, 64)
-        )
+        counts: dict[str, int] = {}
+
+        def add(kind: str, value: object) -> None:
+            if value:
+                counts[kind] = counts.get(kind, 0) + int(str(value))
+
+        for c in (1, 16, 64):
+            add("non-2xx (wrk)", _get(t, "nonstream", str(c), "non_2xx"))
+            add("socket errors (wrk)", _get(t, "nonstream", str(c), "socket_errors"))
         for key in ("stream64", "ttft", "paced64", "paced256"):
             part = _get(t, key) or {}
-            bad += int(part.get("errors") or 0) + int(part.get("incomplete") or 0)
-            bad += sum(int(v) for s, v in (part.get("status") or {}).items() if s != "200")
-        return str(bad)
+            add("connect errors", part.get("errors"))
+            add("cut short", part.get("incomplete"))
+            for status, count in (part.get("status") or {}).items():
+                if status != "200":
+                    add(status, count)
+        return ", ".join(f"{kind}: {count:,}" for kind, count in counts.items()) or "0"
 
     return [
         ("CPU per non-stream request, c=1 / 16 / 64 (ms)", cpu_req),
@@ -109,6 +117,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Callable[[str], str]]]:
         (
             "CPU per relayed event, 64 paced streams (µs)",
             lambda n: _num(_get(r, "targets", n, "paced64", "cpu_us_per_event"), 1),
+        ),
+        (
+            "256 paced streams: streams completed per s (each lasts 1 s; 256/s if the target keeps up)",
+            lambda n: _num(_get(r, "targets", n, "paced256", "rps"), 0),
         ),
         ("inter-chunk gap p50 / p99, 256 paced streams (ms)", gaps),
         (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from clients import chat_body
 from rig import (
     KEY,
     MODEL,
@@ -26,7 +27,6 @@ from rig import (
     TARGET_CPUS,
     Proc,
     Upstream,
-    chat_body,
     free_port,
     log_tail,
     pinned,

@@ -38,6 +38,7 @@ from sparsegate.gateway.overload import LoopMonitor, Shedder
 from sparsegate.gateway.pipeline import ENDPOINTS, serve
 from sparsegate.gateway.record import Observer
 from sparsegate.gateway.requestlog import RequestLog
+from sparsegate.gateway.responses_store import build_response_store
 from sparsegate.gateway.routes import api
 from sparsegate.gateway.routing import Router
 from sparsegate.gateway.settings import ConfigError, Settings, load_settings
@@ -135,6 +136,7 @@ def create_app(
                     max_loop_lag_s=settings.overload.max_loop_lag_ms / 1000,
                 ),
                 started_at=int(time.time()),
+                responses=build_response_store(settings),
             )
             app.state.gateway = state
             monitor.start()
@@ -167,6 +169,7 @@ def create_app(
                 await admin.close()
                 await router.close()
                 await limiter.close()
+                await state.responses.close()
                 await upstream.close()
                 if ledger is not None:
                     await ledger.close()

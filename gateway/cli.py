@@ -53,6 +53,13 @@ def _serve(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
+            if settings.metrics_port is not None:
+                print(
+                    "sparsegate: metrics_port cannot be shared by several processes; with --workers > 1 scrape "
+                    "/metrics with an admin key (it answers for every process)",
+                    file=sys.stderr,
+                )
+                return 2
             from sparsegate.gateway.supervisor import Supervisor
 
             return Supervisor(_child_argv(args), args.workers).run()
@@ -89,6 +96,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _run(app: Any, args: argparse.Namespace) -> None:
+    from sparsegate.gateway.http_protocol import BoundedHeadersProtocol
+
     # On SIGTERM, streams in flight get `--graceful-timeout` seconds to finish; then they are cancelled, which
     # aborts them on their workers and settles their limits like any disconnect. `workers=1` is explicit so that a
     # WEB_CONCURRENCY in the environment cannot make uvicorn ask for an import string (it exits with code 3).
@@ -102,6 +111,9 @@ def _run(app: Any, args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=args.graceful_timeout,
         loop=args.loop,
         workers=1,
+        proxy_headers=False,  # nothing reads the client's address; the middleware costs on every request
+        server_header=False,
+        http=BoundedHeadersProtocol,  # oversized headers: 431 in OpenAI's envelope
     )
     server = uvicorn.Server(config)
     if args.reuse_port:

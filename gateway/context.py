@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparsegate.gateway.dialects import OPENAI, Dialect, TypedTally
 from sparsegate.gateway.errors import GatewayError
 from sparsegate.gateway.limits.base import Reservation
 from sparsegate.gateway.record import RequestRecord
@@ -44,10 +46,17 @@ class Job:
     affinity_key: str
     wants_usage: bool
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    dialect: Dialect = OPENAI  # how the answer looks to the client (dialects.py)
+    method: str = "POST"
+    rid_field: str | None = "rid"  # the body field SGLang takes the attempt's id from; None: the API has none
+    pinned_worker: str | None = None  # a stored response's worker: only it can answer, so no retries elsewhere
+    on_opened: Callable[[Attempt], Awaitable[None]] | None = None  # run once a worker has accepted the request
 
     def body_for(self, rid: str) -> bytes:
+        if self.rid_field is None or not self.body:
+            return self.body
         # The payload is a non-empty JSON object; splice the attempt's rid in instead of encoding it again.
-        return self.body[:-1] + b',"rid":"' + rid.encode() + b'"}'
+        return self.body[:-1] + b',"' + self.rid_field.encode() + b'":"' + rid.encode() + b'"}'
 
 
 @dataclass(slots=True)
@@ -73,6 +82,8 @@ class RequestContext:
     client_gone: bool = False
     relaying: bool = False  # only while True may the client watcher interrupt the task
     failure: BaseException | None = None
+    dialect: Dialect = OPENAI  # the API's wire shape, for the errors answered on its behalf
+    tally: TypedTally | None = None  # a typed stream's tally, so a late error event can continue it
     _interrupted: bool = False
 
     def fail(self, exc: BaseException) -> None:

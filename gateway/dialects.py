@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sparsegate.gateway.errors import GatewayError, client_message
+from sparsegate.gateway.errors import GatewayError
 from sparsegate.gateway.sse import DONE_EVENT
 
 # Anthropic's error `type` for each status (its documented set; SGLang's anthropic handler uses the same map).
@@ -34,6 +34,7 @@ ANTHROPIC_ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "request_timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
@@ -188,6 +189,17 @@ class Dialect:
     def rate_headers(self, headers: dict[str, str]) -> dict[str, str]:
         return headers
 
+    def raw_error(
+        self, exc: GatewayError, extra_headers: dict[str, str] | None = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, raw ASGI headers and body of the error in this API's envelope (the plain-ASGI path)."""
+        body = json.dumps(self.envelope(exc), separators=(",", ":")).encode()
+        headers = self.rate_headers({**(extra_headers or {}), **exc.headers()})
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw.append((b"content-type", b"application/json"))
+        raw.append((b"content-length", str(len(body)).encode()))
+        return exc.status_code, raw, body
+
     def new_tally(self) -> TypedTally | None:
         return None
 
@@ -217,14 +229,14 @@ class ResponsesDialect(Dialect):
         error = {
             "type": "error",
             "code": exc.error_code or exc.error_type,
-            "message": client_message(exc.message),
+            "message": exc.public_message,
             "param": exc.param,
         }
         out = sse_event("error", {**error, "sequence_number": sequence})
         snapshot = dict(tally.snapshot) if tally is not None and tally.snapshot is not None else None
         if snapshot is not None:
             snapshot["status"] = "failed"
-            snapshot["error"] = {"code": "server_error", "message": client_message(exc.message)}
+            snapshot["error"] = {"code": "server_error", "message": exc.public_message}
             out += sse_event(
                 "response.failed", {"type": "response.failed", "sequence_number": sequence + 1} | {"response": snapshot}
             )
@@ -243,7 +255,7 @@ class AnthropicDialect(Dialect):
 
     def envelope(self, exc: GatewayError) -> dict[str, Any]:
         kind = ANTHROPIC_ERROR_TYPES.get(exc.status_code, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": client_message(exc.message)}}
+        return {"type": "error", "error": {"type": kind, "message": exc.public_message}}
 
     def error_event(self, exc: GatewayError, tally: TypedTally | None = None) -> bytes:
         return sse_event("error", self.envelope(exc)) + sse_event("message_stop", {"type": "message_stop"})

@@ -7,11 +7,13 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     │   ├── ContextLengthExceeded     400 code=context_length_exceeded, param=messages
     │   └── UpstreamRejected          400 the worker refused the request with a 4xx (its message is passed on)
     ├── RequestTooLarge               413 code=request_too_large
+    ├── RequestHeadersTooLarge        431 code=request_headers_too_large
     ├── AuthenticationFailed          401 code=invalid_api_key
     ├── ModelNotAllowed               403 code=model_not_allowed
     ├── ModelNotFound                 404 code=model_not_found
     ├── RouteNotFound                 404 / 405 (unknown path or method)
     ├── ResourceNotFound              404 an admin API tenant or key that does not exist
+    │   └── ResponseNotFound          404 a stored response the tenant does not own (or that expired)
     ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
     │   └── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
     ├── UpstreamError                 502 server_error; `outcome` says whose fault it was (see below)
@@ -53,7 +55,7 @@ _INTERNAL_URL = re.compile(r"\s*\b(?:https?|redis|rediss|unix)://[^\s,;)]*?(?=[.
 
 def client_message(message: str) -> str:
     """The message as a client may read it: without internal host names (`worker http://10.0.0.5:30000 failed`
-    becomes `worker failed`). Every client-facing error body goes through `envelope`, hence through here."""
+    becomes `worker failed`). Every client-facing error body (`envelope`, the dialects') uses `public_message`."""
     return _INTERNAL_URL.sub("", message)
 
 
@@ -87,10 +89,15 @@ class GatewayError(Exception):
         """Extra response headers (retry hints); empty unless a subclass has something to say."""
         return {}
 
+    @property
+    def public_message(self) -> str:
+        """The message as the client reads it (no internal hosts); `message` is the operator's, for logs."""
+        return client_message(self.message)
+
     def envelope(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": client_message(self.message),
+                "message": self.public_message,
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.error_code,
@@ -134,6 +141,12 @@ class RequestTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class RequestHeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     type = "invalid_request_error"
@@ -169,6 +182,10 @@ class ResourceNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class ResponseNotFound(ResourceNotFound):
+    """A stored response this tenant does not own (another tenant's, expired, or never made): the same 404."""
 
 
 class RateLimited(GatewayError):
@@ -413,6 +430,13 @@ def to_gateway_error(exc: Exception) -> GatewayError:
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
     """The single exception handler registered for every exception class."""
+    from sparsegate.gateway.dialects import OPENAI, dialect_for_path  # dialects builds on this module
+
     err = to_gateway_error(exc)
     extra = getattr(request.state, "rate_headers", None)
-    return error_response(err, extra if isinstance(extra, dict) else None)
+    dialect = dialect_for_path(request.url.path)
+    if dialect is OPENAI:
+        return error_response(err, extra if isinstance(extra, dict) else None)
+    # e.g. a wrong method on /v1/messages: still the envelope that API's clients parse
+    headers = dialect.rate_headers({**(extra if isinstance(extra, dict) else {}), **err.headers()})
+    return JSONResponse(dialect.envelope(err), status_code=err.status_code, headers=headers)

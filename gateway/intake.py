@@ -11,11 +11,10 @@ import re
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sparsegate.gateway.context import mint_id
 from sparsegate.gateway.errors import InvalidRequest, RequestTooLarge
-from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from sparsegate.gateway.wire import Receive
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -65,7 +64,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-M = TypeVar("M", ChatCompletionRequest, CompletionRequest)
+M = TypeVar("M", bound=BaseModel)
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:

@@ -18,7 +18,9 @@ from typing import Any
 
 import orjson
 
+from sparsegate.gateway.auth import Identity
 from sparsegate.gateway.context import Job, RequestContext, mint_id
+from sparsegate.gateway.endpoints.layers import AGENT_ENDPOINTS, AGENT_PATHS, agent_layers
 from sparsegate.gateway.errors import (
     GatewayError,
     InternalError,
@@ -26,8 +28,6 @@ from sparsegate.gateway.errors import (
     LimiterUnavailable,
     RateLimited,
     UpstreamError,
-    error_event,
-    raw_error,
 )
 from sparsegate.gateway.intake import ClientDisconnected, parse_object, read_body, request_id_of, validate
 from sparsegate.gateway.limits.base import AdmissionRequest
@@ -38,13 +38,12 @@ from sparsegate.gateway.relay import relay
 from sparsegate.gateway.relay.attempts import router_outcome
 from sparsegate.gateway.relay.mend import sample_rids
 from sparsegate.gateway.routing import Outcome
-from sparsegate.gateway.sse import DONE_EVENT
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Receive, Scope, Send, header_map
 
 log = logging.getLogger("sparsegate.pipeline")
 
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", **AGENT_PATHS}
 
 
 async def serve(state: GatewayState, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
@@ -59,7 +58,11 @@ async def serve(state: GatewayState, scope: Scope, receive: Receive, send: Send,
     try:
         state.shedder.enter()
         entered = True
-        await _layers(state, snapshot, ctx, headers, receive, send)
+        if ctx.endpoint in AGENT_ENDPOINTS:
+            ctx.dialect = AGENT_ENDPOINTS[ctx.endpoint].dialect
+            await agent_layers(state, snapshot, ctx, scope, headers, receive, send)
+        else:
+            await _layers(state, snapshot, ctx, headers, receive, send)
     except asyncio.CancelledError:
         if not ctx.take_interrupt():
             raise  # the server cancelled us (shutdown): the finally still settles
@@ -128,32 +131,7 @@ async def _layers(
         raise InvalidRequest(f"The request cannot be encoded for the worker: {exc}.") from None
 
     # admission: reserve prompt + completion budget for every choice
-    admission = AdmissionRequest(
-        tenant=tenant.name,
-        model=body.model,
-        limits=tenant.limits,
-        model_limits=tenant.model_limits.get(body.model),
-        tokens=prompt_tokens + plan.completion_budget * body.n,
-        request_id=record.request_id,
-        on_failure=tenant.on_limiter_failure,
-        budgets=tenant.budgets,
-        key_id=identity.key_id,
-        key_budgets=identity.key_budgets,
-    )
-    try:
-        with trace.stage("admission"):
-            reservation = await state.limiter.admit(admission)
-    except RateLimited as exc:
-        record.limit_decision = exc.kind
-        raise
-    except LimiterUnavailable:
-        record.limit_decision = "unavailable"
-        raise
-    ctx.reservation = reservation
-    record.limit_decision = "degraded" if reservation.degraded else "admitted"
-    record.admitted_at = record.elapsed()
-    state.observer.on_admitted(record)
-    ctx.response_headers.update(reservation.state.headers())
+    await admit(state, ctx, identity, body.model, prompt_tokens + plan.completion_budget * body.n)
 
     ctx.job = Job(
         path="/v1/chat/completions" if chat else "/v1/completions",
@@ -166,7 +144,46 @@ async def _layers(
         wants_usage=body.wants_usage,
         upstream_headers={"x-request-id": record.request_id},
     )
-    # From here the client is watched: if it leaves, the relay is cancelled and the worker told at once.
+    await relay_watched(state, snapshot, ctx, receive, send)
+
+
+async def admit(state: GatewayState, ctx: RequestContext, identity: Identity, model: str, tokens: int) -> None:
+    """Admission: one atomic step over the tenant's (and key's) limits, reserving `tokens`; the reservation is
+    the context's from here, so the pipeline's `finally` settles it."""
+    tenant, record = identity.tenant, ctx.record
+    admission = AdmissionRequest(
+        tenant=tenant.name,
+        model=model,
+        limits=tenant.limits,
+        model_limits=tenant.model_limits.get(model),
+        tokens=tokens,
+        request_id=record.request_id,
+        on_failure=tenant.on_limiter_failure,
+        budgets=tenant.budgets,
+        key_id=identity.key_id,
+        key_budgets=identity.key_budgets,
+    )
+    try:
+        with record.trace.stage("admission"):
+            reservation = await state.limiter.admit(admission)
+    except RateLimited as exc:
+        record.limit_decision = exc.kind
+        raise
+    except LimiterUnavailable:
+        record.limit_decision = "unavailable"
+        raise
+    ctx.reservation = reservation
+    record.limit_decision = "degraded" if reservation.degraded else "admitted"
+    record.admitted_at = record.elapsed()
+    state.observer.on_admitted(record)
+    ctx.response_headers.update(ctx.dialect.rate_headers(reservation.state.headers()))
+
+
+async def relay_watched(
+    state: GatewayState, snapshot: Snapshot, ctx: RequestContext, receive: Receive, send: Send
+) -> None:
+    """Relay `ctx.job`. From here the client is watched: if it leaves, the relay is cancelled and the worker told
+    at once."""
     watcher = asyncio.get_running_loop().create_task(_watch_client(receive, ctx))
     ctx.relaying = True
     try:
@@ -189,12 +206,13 @@ async def _watch_client(receive: Receive, ctx: RequestContext) -> None:
 async def _respond_error(ctx: RequestContext, send: Send, exc: GatewayError) -> None:
     if ctx.client_gone or ctx.response_done:
         return
+    dialect = ctx.dialect
     if ctx.headers_sent:
         # Too late for a status code: the stream carries the error, then ends properly.
-        await ctx.send_last(send, error_event(exc) + DONE_EVENT)
+        await ctx.send_last(send, dialect.error_event(exc, ctx.tally) + dialect.done_event)
         return
     ctx.record.first_byte_at = time.perf_counter()
-    status, raw, body = raw_error(exc, ctx.response_headers)
+    status, raw, body = dialect.raw_error(exc, ctx.response_headers)
     await ctx.start_response(send, status, raw)
     await ctx.send_last(send, body)
 
@@ -206,7 +224,9 @@ def _release_outcome(ctx: RequestContext) -> Outcome:
     if record.outcome == "cancelled":
         return "cancelled"
     if isinstance(ctx.failure, UpstreamError):
-        return router_outcome(ctx.failure)  # the worker's own error events included (UpstreamStreamError)
+        return router_outcome(ctx.failure)  # chat/completions' worker error events included (UpstreamStreamError)
+    if record.error_type == "UpstreamStreamError":
+        return "upstream_error"  # a typed stream's (Responses, Messages) worker error event, recorded by name
     return "cancelled"  # the gateway's own failure says nothing about the worker
 
 
@@ -233,6 +253,7 @@ async def _settle_and_report(state: GatewayState, ctx: RequestContext) -> None:
             # produced anything is refunded whole; a disconnect pays for the prompt and what was streamed.
             nothing_done = attempt is None or (record.outcome == "error" and record.completion_tokens == 0)
             used = 0 if nothing_done else record.prompt_tokens + record.completion_tokens
+            record.charged = not nothing_done  # the ledger records tokens as charged
             await asyncio.shield(state.limiter.settle(ctx.reservation, used))
     except Exception:
         log.exception("settling %s failed", record.request_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -68,6 +69,9 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens the worker served from its prefix cache, when it says
+    # Set when settled: whether the request was charged for what the worker did (False: refunded whole, e.g. it
+    # failed before producing anything). The ledger records tokens as charged.
+    charged: bool | None = None
     usage_from_worker: bool = False
     finish_reasons: list[str] = field(default_factory=list)
     response_id: str | None = None
@@ -90,6 +94,13 @@ class RequestRecord:
     def gateway_overhead_s(self) -> float:
         """Time spent in the gateway itself, excluding the wait on workers."""
         return max(0.0, self.elapsed() - self.upstream_s)
+
+
+def cached_tokens_of(usage: Mapping[str, object]) -> int:
+    """`usage.prompt_tokens_details.cached_tokens` (SGLang sends it with `--enable-cache-report`); 0 if absent."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else 0
 
 
 class Observer:

@@ -52,6 +52,56 @@ async def create_completion(request: Request) -> Response:
     return await _generate(request, "completions")
 
 
+@api.post("/v1/responses", tags=["openai"])
+async def create_response(request: Request) -> Response:
+    """OpenAI Responses: stream (typed events) or whole, tools, `store`; `previous_response_id` goes to the worker
+    that holds that response."""
+    return await _generate(request, "responses")
+
+
+@api.get("/v1/responses/{response_id}", tags=["openai"])
+async def retrieve_response(response_id: str, request: Request) -> Response:
+    """A stored response of this key's tenant, from the worker that holds it; 404 for any other id."""
+    return await _generate(request, "responses_get")
+
+
+@api.post("/v1/responses/{response_id}/cancel", tags=["openai"])
+async def cancel_response(response_id: str, request: Request) -> Response:
+    """Cancel a background response of this key's tenant on the worker that runs it; 404 for any other id."""
+    return await _generate(request, "responses_cancel")
+
+
+@api.post("/v1/messages", tags=["anthropic"])
+async def create_message(request: Request) -> Response:
+    """Anthropic Messages, stream (Anthropic's event names) or whole, with tools; keys as `x-api-key` or Bearer;
+    errors in Anthropic's envelope; `anthropic-ratelimit-*` headers."""
+    return await _generate(request, "messages")
+
+
+@api.post("/v1/messages/count_tokens", tags=["anthropic"])
+async def count_message_tokens(request: Request) -> Response:
+    """The prompt's token count by the model's own tokenizer on a worker."""
+    return await _generate(request, "count_tokens")
+
+
+@api.post("/v1/embeddings", tags=["openai"])
+async def create_embeddings(request: Request) -> Response:
+    """Embeddings, for embedding models; their input tokens are charged."""
+    return await _generate(request, "embeddings")
+
+
+@api.post("/v1/tokenize", tags=["sglang"])
+async def tokenize(request: Request) -> Response:
+    """The served model's own tokenizer (SGLang's `/v1/tokenize`)."""
+    return await _generate(request, "tokenize")
+
+
+@api.post("/v1/detokenize", tags=["sglang"])
+async def detokenize(request: Request) -> Response:
+    """Token ids back to text (SGLang's `/v1/detokenize`)."""
+    return await _generate(request, "detokenize")
+
+
 def _cards(state: GatewayState, request: Request) -> list[ModelCard]:
     tenant = state.keys.authenticate(request.headers)
     return [

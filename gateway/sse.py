@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparsegate.gateway.record import cached_tokens_of
+
 DONE_EVENT = b"data: [DONE]\n\n"
 _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
 _CONTENT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")|"tool_calls"\s*:\s*\[')
@@ -39,6 +41,8 @@ class EventSplitter:
 
 def event_data(event: bytes) -> bytes | None:
     """The joined `data:` payload of an event, or None for comment-only or field-only events."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # what SGLang sends: one `data: ` line per event
     lines = [line for line in event.split(b"\n") if line.startswith(b"data:")]
     if not lines:
         return None
@@ -75,6 +79,13 @@ class StreamTally:
         failed = self.failed
         if self.response_id is None:
             self.response_id = _peek_id(data)
+        if _plain_chunk(data):
+            # The common case (SGLang's compact JSON, one choice still going, no usage): a few byte searches.
+            if failed:
+                return None
+            if _has_content(data):
+                self.content_events += 1
+            return data
         if not failed and _CONTENT.search(data):
             self.content_events += 1
         needs_parse = (b'"usage"' in data and not _USAGE_NULL.search(data)) or b'"finish_reason":"' in data.replace(
@@ -103,6 +114,8 @@ class StreamTally:
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
+            if cached := cached_tokens_of(usage):  # nested in prompt_tokens_details, so kept by name
+                self.usage["cached_tokens"] = cached
         if self.failed:
             return None
         if isinstance(usage, dict) and not self.wants_usage:
@@ -111,6 +124,28 @@ class StreamTally:
             obj["usage"] = None
             return json.dumps(obj, separators=(",", ":")).encode()
         return data
+
+
+_CONTENT_KEYS = (b'"content":"', b'"reasoning_content":"', b'"text":"')
+
+
+def _plain_chunk(data: bytes) -> bool:
+    """A compact chunk with one still-running choice and no usage or error: nothing to parse or rewrite."""
+    return (
+        b'"usage":null' in data
+        and data.count(b'"finish_reason":') == 1
+        and b'"finish_reason":null' in data
+        and b'": ' not in data
+        and b'"error"' not in data
+    )
+
+
+def _has_content(data: bytes) -> bool:
+    for key in _CONTENT_KEYS:
+        at = data.find(key)
+        if at >= 0 and data[at + len(key) : at + len(key) + 1] != b'"':
+            return True
+    return b'"tool_calls":[' in data
 
 
 _ID = re.compile(rb'"id"\s*:\s*"([^"]{1,200})"')

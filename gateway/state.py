@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from sparsegate.gateway.limits.base import Limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing
 from sparsegate.gateway.overload import LoopMonitor, Shedder
 from sparsegate.gateway.record import Observer, RequestRecord
+from sparsegate.gateway.responses_store import MemoryResponseStore, ResponseStore
 from sparsegate.gateway.routing import Router
 from sparsegate.gateway.settings import ConfigError, RetrySettings, Settings, Timeouts
 from sparsegate.gateway.upstream import UpstreamClient
@@ -38,29 +39,48 @@ RESTART_FIELDS = (
 
 
 class Observers(Observer):
-    """Fans each event out to every observer; one failing observer never breaks a request or the others."""
+    """Fans each event out to every observer; one failing observer never breaks a request or the others.
+
+    Each hook calls only the observers that override it: `on_chunk` runs per relayed read, so a no-op costs."""
 
     def __init__(self, observers: Sequence[Observer]) -> None:
         self._observers = list(observers)
+        self._admitted = _overriding(self._observers, "on_admitted")
+        self._attempt = _overriding(self._observers, "on_upstream_attempt")
+        self._chunk = _overriding(self._observers, "on_chunk")
+        self._finish = _overriding(self._observers, "on_finish")
 
-    def _each(self, hook: Callable[[Observer], None]) -> None:
-        for obs in self._observers:
+    def on_admitted(self, record: RequestRecord) -> None:
+        for obs in self._admitted:
             try:
-                hook(obs)
+                obs.on_admitted(record)
             except Exception:
                 log.exception("observer %s failed", type(obs).__name__)
 
-    def on_admitted(self, record: RequestRecord) -> None:
-        self._each(lambda obs: obs.on_admitted(record))
-
     def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
-        self._each(lambda obs: obs.on_upstream_attempt(record, worker, error))
+        for obs in self._attempt:
+            try:
+                obs.on_upstream_attempt(record, worker, error)
+            except Exception:
+                log.exception("observer %s failed", type(obs).__name__)
 
     def on_chunk(self, record: RequestRecord, now: float) -> None:
-        self._each(lambda obs: obs.on_chunk(record, now))
+        for obs in self._chunk:
+            try:
+                obs.on_chunk(record, now)
+            except Exception:
+                log.exception("observer %s failed", type(obs).__name__)
 
     def on_finish(self, record: RequestRecord) -> None:
-        self._each(lambda obs: obs.on_finish(record))
+        for obs in self._finish:
+            try:
+                obs.on_finish(record)
+            except Exception:
+                log.exception("observer %s failed", type(obs).__name__)
+
+
+def _overriding(observers: Sequence[Observer], hook: str) -> list[Observer]:
+    return [obs for obs in observers if getattr(type(obs), hook) is not getattr(Observer, hook)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +119,7 @@ class GatewayState:
     monitor: LoopMonitor
     shedder: Shedder
     started_at: int
+    responses: ResponseStore = field(default_factory=lambda: MemoryResponseStore(ttl_s=86400.0, max_entries=100_000))
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property

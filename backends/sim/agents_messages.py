@@ -25,7 +25,7 @@ from .agents_tokens import content_text
 from .errors import BadRequest, SimError
 from .model import chat_prompt_tokens
 from .protocol import parse_json_object
-from .sse import EventStreamResponse
+from .sse import CUT, Cut, EventStreamResponse
 from .state import SimState
 
 PATH = "/v1/messages"
@@ -168,14 +168,14 @@ def _event(kind: str, **fields: Any) -> bytes:
     return f"event: {kind}\ndata: {payload}\n\n".encode()
 
 
-async def _events(run: Run, answer: _Answer) -> AsyncGenerator[bytes, None]:
+async def _events(run: Run, answer: _Answer) -> AsyncGenerator[bytes | Cut, None]:
     usage = {"input_tokens": run.handle.prompt_tokens, "output_tokens": 0}
     start = {"id": answer.id, "type": "message", "role": "assistant", "content": [], "model": answer.model} | {
         "usage": usage
     }
     yield _event("message_start", message=start)
     yield _event("content_block_start", index=0, content_block=answer.block(False))
-    first = True
+    first, shown = True, 0
     async for piece in tokens(run):
         if isinstance(piece, Finished):
             if piece.stop_reason == "shutdown":
@@ -190,6 +190,10 @@ async def _events(run: Run, answer: _Answer) -> AsyncGenerator[bytes, None]:
             yield _event("message_delta", delta=delta, usage={"output_tokens": piece.completion_tokens})
             yield _event("message_stop")
             return
+        if run.cut_now(shown):
+            yield CUT
+            return
+        shown += 1
         answer.text += piece
         if answer.target is not None:
             # The partial JSON concatenates to the tool input: opening, each piece escaped, closing brace at the end.

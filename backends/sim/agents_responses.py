@@ -29,7 +29,7 @@ from .agents_run import Finished, Run, open_record, start_run, tokens
 from .agents_tokens import content_text
 from .errors import BadRequest, SimError
 from .protocol import parse_json_object
-from .sse import EventStreamResponse
+from .sse import CUT, Cut, EventStreamResponse
 from .state import SimState
 from .stats import RequestRecord
 
@@ -261,7 +261,7 @@ async def _background(run: Run, answer: _Answer, remember: Remember, store: Resp
     remember(await _collect(run, answer))
 
 
-async def _events(run: Run, answer: _Answer, remember: Remember) -> AsyncGenerator[bytes, None]:
+async def _events(run: Run, answer: _Answer, remember: Remember) -> AsyncGenerator[bytes | Cut, None]:
     sequence = 0
 
     def event(kind: str, **fields: Any) -> bytes:
@@ -274,7 +274,7 @@ async def _events(run: Run, answer: _Answer, remember: Remember) -> AsyncGenerat
     opened = answer.response("in_progress", [], None)
     yield event("response.created", response=opened)
     yield event("response.in_progress", response=opened)
-    started, first = False, True
+    started, first, shown = False, True, 0
     async for piece in tokens(run):
         if isinstance(piece, Finished):
             if piece.stop_reason is not None and piece.stop_reason != "abort":
@@ -305,6 +305,10 @@ async def _events(run: Run, answer: _Answer, remember: Remember) -> AsyncGenerat
             yield event("response.output_item.added", output_index=0, item=answer.item("in_progress"))
             if answer.target is None:
                 yield event("response.content_part.added", **where, content_index=0, part=answer.part(""))
+        if run.cut_now(shown):
+            yield CUT
+            return
+        shown += 1
         answer.text += piece
         if answer.target is not None:
             # The deltas concatenate to `arguments()`: its opening, each piece escaped, then its closing.

@@ -27,7 +27,15 @@ class Run:
 
     handle: RequestHandle
     record: RequestRecord
+    drop_after: int | None = None  # the `drop_after_tokens` fault: a stream is cut after this many tokens
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def cut_now(self, shown: int) -> bool:
+        """True (and the run stopped) when the fault cuts the stream before its next token."""
+        if self.drop_after is None or shown < self.drop_after:
+            return False
+        self.handle.stop("dropped")
+        return True
 
 
 @dataclass(slots=True)
@@ -101,7 +109,7 @@ def start_run(
         disconnect_detect_s=state.config.disconnect_detect_ms / 1000,
     )
     state.engine.submit(handle)
-    return Run(handle, record)
+    return Run(handle, record, faults.drop_after_tokens)
 
 
 async def tokens(run: Run) -> AsyncIterator[str | Finished]:

@@ -43,7 +43,7 @@ class FinishEvent:
 
     index: int
     reason: FinishReason
-    matched_stop: str | None = None
+    matched_stop: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,8 @@ VOCAB: tuple[str, ...] = (
     "fern", "grove", "heath", "ivy", "juniper", "knoll", "larch", "moss",
 )  # fmt: skip
 
+EOS_TOKEN_ID = 151329
+"""GLM's `<|endoftext|>`: what a natural stop reports as `matched_stop`, as SGLang reports the matched token."""
 NATURAL_MIN_TOKENS = 8
 NATURAL_MAX_TOKENS = 64
 CHAT_TOKENS_PER_MESSAGE = 4
@@ -83,7 +85,8 @@ class ChoicePlan:
 
     pieces: tuple[str, ...]
     finish_reason: FinishReason
-    matched_stop: str | None = None
+    matched_stop: str | int | None = None
+    """The stop string matched, or the end-of-turn token id of a natural stop (SGLang's FINISH_MATCHED_TOKEN)."""
     tool_call: ToolCallPlan | None = None
     seed_key: str = ""
     """What this choice's logprobs are derived from."""
@@ -162,7 +165,7 @@ def plan_choice(
         if match is not None:
             cut, matched = match
             return ChoicePlan(_truncate(pieces, cut), "stop", matched, seed_key=key)
-    return ChoicePlan(tuple(pieces), finish, seed_key=key)
+    return ChoicePlan(tuple(pieces), finish, EOS_TOKEN_ID if finish == "stop" else None, seed_key=key)
 
 
 def plan_text(
@@ -181,7 +184,8 @@ def plan_text(
     limit = len(pieces) if max_tokens is None else min(len(pieces), max_tokens)
     limit = min(limit, max(room, 0))
     finish: FinishReason = "stop" if limit == len(pieces) else "length"
-    return ChoicePlan(tuple(pieces[:limit]), finish, tool_call=tool_call, seed_key=seed_key)
+    matched = EOS_TOKEN_ID if finish == "stop" else None
+    return ChoicePlan(tuple(pieces[:limit]), finish, matched, tool_call=tool_call, seed_key=seed_key)
 
 
 def _split_tokens(text: str) -> list[str]:

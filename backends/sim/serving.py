@@ -147,10 +147,11 @@ class _Answer:
             handle.prompt_tokens, handle.completion_tokens, cached_tokens=cached, reasoning_tokens=reasoning
         )
 
-    def _finish_reason(self, event: FinishEvent) -> tuple[str, str | int | None]:
+    def _finish_reason(self, event: FinishEvent, *, stream: bool) -> tuple[str, str | int | None]:
         plan = self.plans[event.index]
         if plan.tool_call is not None and event.reason == "stop":
-            return "tool_calls", None
+            # SGLang's stream keeps the matched end-of-turn token; `_process_tool_calls` clears it.
+            return "tool_calls", event.matched_stop if stream else None
         return event.reason, event.matched_stop
 
     def _logprob_items(self, index: int, pieces: list[str]) -> list[Any]:
@@ -196,7 +197,7 @@ class _Answer:
             for chunk in self._chat_token_chunks(last_id, event, position):
                 yield sse(chunk)
         for index, finish in finishes.items():
-            reason, matched = self._finish_reason(finish)
+            reason, matched = self._finish_reason(finish, stream=True)
             yield sse(wire.finish_chunk(last_id, index, reason, matched))
         if self.generation.include_usage:
             yield sse(wire.usage_chunk(last_id, self.usage()))
@@ -299,7 +300,7 @@ class _Answer:
         choices: list[dict[str, Any]] = []
         for index, plan in enumerate(self.plans):
             finish = finishes.get(index)
-            reason, matched = self._finish_reason(finish) if finish is not None else (None, None)
+            reason, matched = self._finish_reason(finish, stream=False) if finish is not None else (None, None)
             pieces = texts[index]
             text = "".join(pieces)
             if self.generation.endpoint == "completions":

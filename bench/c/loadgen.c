@@ -12,7 +12,7 @@
  *
  *   loadgen --port P --path /v1/chat/completions --body-file F [--header 'K: V']... [--conns C | --rate R]
  *           [--duration S] [--warmup S] [--once] [--drop-every N --drop-after K] [--request-ids PREFIX]
- *           [--marker TEXT] [--max-inflight N]
+ *           [--marker TEXT (any case)] [--max-inflight N]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -232,7 +232,7 @@ static void answer_done(conn_t *c, uint64_t t) {
         } else {
             series_add(&s_non200_latency, ms);
             if (c->retry_after) g_retry_after++;
-            if (g_marker && c->body && memmem(c->body, c->body_len, g_marker, strlen(g_marker))) g_marked++;
+            if (g_marker && c->body && strcasestr(c->body, g_marker)) g_marked++; /* the body is NUL-terminated */
         }
     }
     record_stream(c, 1);

@@ -33,11 +33,15 @@ class UsageRecord(BaseModel):
 
     @classmethod
     def of(cls, record: RequestRecord, now: float | None = None) -> UsageRecord:
-        """The record of a finished request, with the tokens it was charged for, as settling charges them: a request
-        that failed before it produced anything used nothing (its prompt count is the gateway's estimate, never
-        served); a disconnect pays for the prompt and what was streamed."""
+        """The record of a finished request, with the tokens it was charged for (`record.charged`, set by settling):
+        a request refunded whole (it failed before the worker produced anything) shows none, since its prompt count
+        is the gateway's estimate of work never done; a disconnect pays for the prompt and what was streamed."""
         ttft = None if record.first_byte_at is None else round((record.first_byte_at - record.started) * 1000, 3)
-        served = not (record.outcome == "error" and record.completion_tokens == 0)
+        served = (
+            record.charged
+            if record.charged is not None
+            else not (record.outcome == "error" and record.completion_tokens == 0)
+        )
         return cls(
             uid=record.uid,
             request_id=record.request_id,

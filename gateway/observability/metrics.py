@@ -7,6 +7,7 @@ a key or a prompt. Each app owns its registry, so several gateways can live in o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -105,6 +106,15 @@ class GatewayMetrics(Observer):
         )  # fmt: skip
         r.register(_BreakerCollector(workers))
         self._last_chunk: dict[int, float] = {}
+        # Children by label values: labels are bounded by the config, and `labels()` costs microseconds per call.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> bytes:
         if self._multiprocess_dir is None:
@@ -128,19 +138,19 @@ class GatewayMetrics(Observer):
     # -- observer ---------------------------------------------------------------------------------------------------
 
     def on_admitted(self, record: RequestRecord) -> None:
-        self.in_flight.labels(_label(record.tenant)).inc()
+        self._child(self.in_flight, _label(record.tenant)).inc()
 
     def on_upstream_attempt(self, record: RequestRecord, worker: str, error: str | None) -> None:
         if record.attempts > 1:
-            self.retries.labels(_label(record.pool)).inc()
+            self._child(self.retries, _label(record.pool)).inc()
         if error is not None:
-            self.upstream_errors.labels(_label(record.pool), worker, error).inc()
+            self._child(self.upstream_errors, _label(record.pool), worker, error).inc()
 
     def on_chunk(self, record: RequestRecord, now: float) -> None:
         key = id(record)
         last = self._last_chunk.get(key)
         if last is not None:
-            self.itl.labels(_label(record.model), _label(record.pool)).observe(now - last)
+            self._child(self.itl, _label(record.model), _label(record.pool)).observe(now - last)
         self._last_chunk[key] = now
 
     def on_finish(self, record: RequestRecord) -> None:
@@ -149,18 +159,18 @@ class GatewayMetrics(Observer):
         # would let any key holder mint series without bound.
         model = _label(record.model) if record.pool is not None else "none"
         tenant, pool = _label(record.tenant), _label(record.pool)
-        self.requests.labels(tenant, model, pool, record.endpoint, str(record.status)).inc()
+        self._child(self.requests, tenant, model, pool, record.endpoint, str(record.status)).inc()
         if record.limit_decision is not None:
-            self.limiter.labels(tenant, record.limit_decision).inc()
+            self._child(self.limiter, tenant, record.limit_decision).inc()
         if record.admitted_at is None:
             return  # refused before admission: counted above, nothing was served
-        self.in_flight.labels(tenant).dec()
-        self.outcomes.labels(tenant, record.outcome).inc()
-        self.duration.labels(model, pool, tenant, record.endpoint).observe(record.elapsed())
-        self.overhead.labels(record.endpoint).observe(record.gateway_overhead_s())
+        self._child(self.in_flight, tenant).dec()
+        self._child(self.outcomes, tenant, record.outcome).inc()
+        self._child(self.duration, model, pool, tenant, record.endpoint).observe(record.elapsed())
+        self._child(self.overhead, record.endpoint).observe(record.gateway_overhead_s())
         if record.stream and record.first_byte_at is not None and record.outcome == "ok":
-            self.ttft.labels(model, pool, tenant).observe(record.first_byte_at - record.started)
+            self._child(self.ttft, model, pool, tenant).observe(record.first_byte_at - record.started)
         if record.prompt_tokens:
-            self.tokens.labels(tenant, model, "input").inc(record.prompt_tokens)
+            self._child(self.tokens, tenant, model, "input").inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels(tenant, model, "output").inc(record.completion_tokens)
+            self._child(self.tokens, tenant, model, "output").inc(record.completion_tokens)

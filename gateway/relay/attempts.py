@@ -40,10 +40,14 @@ async def open_with_retries(state: GatewayState, snapshot: Snapshot, ctx: Reques
     tried: list[str] = []
     last: GatewayError | None = None
     wait_s = snapshot.timeouts.first_byte_s if job.stream else snapshot.timeouts.total_s
-    attempts = snapshot.retries.max_attempts
+    # A stored response lives on one worker only: there is nowhere else to retry.
+    attempts = 1 if job.pinned_worker is not None else snapshot.retries.max_attempts
     for n in range(attempts):
         try:
-            worker = router.pick_worker(job.plan.pool.name, job.affinity_key, exclude=tried)
+            if job.pinned_worker is not None:
+                worker = router.pick_pinned(job.plan.pool.name, job.pinned_worker)
+            else:
+                worker = router.pick_worker(job.plan.pool.name, job.affinity_key, exclude=tried)
         except GatewayError:
             if last is not None:
                 raise last from None
@@ -58,7 +62,9 @@ async def open_with_retries(state: GatewayState, snapshot: Snapshot, ctx: Reques
         started = time.perf_counter()
         try:
             async with FairDeadline(state.monitor, wait_s):
-                response = await state.upstream.post(worker.url, job.path, job.body_for(rid), headers)
+                response = await state.upstream.post(
+                    worker.url, job.path, job.body_for(rid), headers, method=job.method
+                )
                 if response.status >= 400:
                     try:
                         body = await response.read()
@@ -73,6 +79,8 @@ async def open_with_retries(state: GatewayState, snapshot: Snapshot, ctx: Reques
             record.upstream_s += time.perf_counter() - started
             observer.on_upstream_attempt(record, worker.url, None)
             ctx.attempt.response = response
+            if job.on_opened is not None:
+                await job.on_opened(ctx.attempt)
             return ctx.attempt
         # the attempt failed before the first byte
         record.upstream_s += time.perf_counter() - started

@@ -108,6 +108,7 @@ def account_stream(record: RequestRecord, tally: StreamTally) -> None:
     if tally.usage is not None:
         record.prompt_tokens = tally.usage.get("prompt_tokens", record.prompt_tokens)
         record.completion_tokens = tally.usage.get("completion_tokens", tally.content_events)
+        record.cached_tokens = tally.usage.get("cached_tokens", 0)
         record.usage_from_worker = True
     else:
         # Cut short: count what was relayed. SGLang streams one token per event by default.

@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from sparsegate.gateway.context import Attempt, RequestContext
+from sparsegate.gateway.dialects import OPENAI, WholeUsage
 from sparsegate.gateway.errors import UpstreamAborted, UpstreamTimeout
 from sparsegate.gateway.overload import FairDeadline
-from sparsegate.gateway.record import RequestRecord, server_timing
+from sparsegate.gateway.record import RequestRecord, cached_tokens_of, server_timing
 from sparsegate.gateway.relay.mend import mend_body
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Send, raw_headers
@@ -36,12 +37,15 @@ async def relay_whole(
         record.upstream_s += time.perf_counter() - started
     ctx.upstream_complete = True
     assert ctx.job is not None
-    obj = account_whole(record, body)
-    if obj is not None:
-        if "abort" in record.finish_reasons:
-            raise UpstreamAborted()
-        if mend_body(obj, attempt.rid, ctx.job.n):
-            body = orjson.dumps(obj)
+    if ctx.job.dialect is OPENAI:
+        obj = account_whole(record, body)
+        if obj is not None:
+            if "abort" in record.finish_reasons:
+                raise UpstreamAborted()
+            if mend_body(obj, attempt.rid, ctx.job.n):
+                body = orjson.dumps(obj)
+    else:
+        account_usage(record, ctx.job.dialect.whole_usage(body))
     headers = {**ctx.response_headers, "content-type": "application/json", "server-timing": server_timing(record)}
     record.status = 200
     record.first_byte_at = time.perf_counter()
@@ -61,12 +65,22 @@ def account_whole(record: RequestRecord, body: bytes) -> dict[str, Any] | None:
     if isinstance(usage, dict):
         record.prompt_tokens = _int(usage.get("prompt_tokens")) or record.prompt_tokens
         record.completion_tokens = _int(usage.get("completion_tokens"))
+        record.cached_tokens = cached_tokens_of(usage)
         record.usage_from_worker = True
     record.response_id = obj.get("id") if isinstance(obj.get("id"), str) else None
     record.finish_reasons = [
         str(c.get("finish_reason")) for c in obj.get("choices") or [] if isinstance(c, dict) and c.get("finish_reason")
     ]
     return obj
+
+
+def account_usage(record: RequestRecord, usage: WholeUsage) -> None:
+    """The Responses, Anthropic and embeddings usage shapes (read by their dialect)."""
+    record.response_id = usage.response_id
+    if usage.prompt_tokens is not None:
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens or 0
+        record.usage_from_worker = True
 
 
 def _int(value: object) -> int:

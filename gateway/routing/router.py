@@ -260,6 +260,30 @@ class Router:
         worker.picks += 1
         return worker
 
+    def pick_pinned(self, pool: str, url: str) -> Worker:
+        """The worker `url` of `pool`, for a request only it can answer (a stored response lives there), counted
+        in flight like `pick_worker`. `NoHealthyWorker` when it left the pool or its breaker is open."""
+        state = self._pools.get(pool)
+        worker = self._workers.get((pool, url))
+        if state is None or worker is None:
+            raise NoHealthyWorker("The worker that holds this response is no longer configured.", retry_after_s=1.0)
+        if not worker.breaker.allows():
+            raise NoHealthyWorker(
+                "The worker that holds this response is unavailable right now; please retry shortly.",
+                retry_after_s=max(1.0, worker.breaker.reopens_in()),
+            )
+        worker.breaker.claim_trial()
+        worker.in_flight += 1
+        worker.picks += 1
+        return worker
+
+    def open_pools(self, tenant: TenantConfig, model: str) -> list[PoolConfig]:
+        """The pools serving `model` that `tenant` may use, smallest context first."""
+        return self._table.open_pools(tenant, model)
+
+    def pool_config(self, name: str) -> PoolConfig | None:
+        return self._table.pool(name)
+
     def _retry_after(self, state: _Pool, exclude: Collection[str]) -> float:
         if any(w.eligible for w in state.members):
             return 1.0  # healthy workers exist; this request has simply tried them all

@@ -48,8 +48,11 @@ class UpstreamResponse(Protocol):
 
 
 class UpstreamClient(Protocol):
-    async def post(self, worker: str, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
-        """Send a JSON POST and wait for the response headers. Raises `UpstreamError` (refused, reset)."""
+    async def post(
+        self, worker: str, path: str, body: bytes, headers: dict[str, str], *, method: str = "POST"
+    ) -> UpstreamResponse:
+        """Send a JSON POST (or `method`, e.g. GET without a body) and wait for the response headers. Raises
+        `UpstreamError` (refused, reset)."""
         ...
 
     async def abort(self, worker: str, rid: str) -> None:

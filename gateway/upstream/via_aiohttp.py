@@ -108,9 +108,11 @@ class AiohttpUpstream:
         )
         self._abort_timeout = aiohttp.ClientTimeout(total=abort_s)
 
-    async def post(self, worker: str, path: str, body: bytes, headers: dict[str, str]) -> AiohttpResponse:
+    async def post(
+        self, worker: str, path: str, body: bytes, headers: dict[str, str], *, method: str = "POST"
+    ) -> AiohttpResponse:
         with map_aiohttp_errors(worker, before_headers=True):
-            response = await self._session.post(worker + path, data=body, headers={**headers, **_JSON})
+            response = await self._session.request(method, worker + path, data=body, headers={**headers, **_JSON})
         return AiohttpResponse(worker, response)
 
     async def abort(self, worker: str, rid: str) -> None:

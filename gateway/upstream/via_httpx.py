@@ -63,9 +63,11 @@ class HttpxUpstream:
         self._timeout = httpx.Timeout(connect=connect_s, read=None, write=30.0, pool=None)
         self._abort_s = abort_s
 
-    async def post(self, worker: str, path: str, body: bytes, headers: dict[str, str]) -> HttpxResponse:
+    async def post(
+        self, worker: str, path: str, body: bytes, headers: dict[str, str], *, method: str = "POST"
+    ) -> HttpxResponse:
         request = self._client.build_request(
-            "POST",
+            method,
             worker + path,
             content=body,
             headers={**headers, "content-type": "application/json"},

@@ -14,7 +14,7 @@ BENCH = str(Path(__file__).resolve().parents[2] / "bench")
 
 sys.path.insert(0, BENCH)
 try:
-    for name in ("rig", "targets", "peers_report", "overload"):
+    for name in ("rig", "clients", "targets", "peers_report", "overload"):
         importlib.import_module(name)
 finally:
     sys.path.remove(BENCH)

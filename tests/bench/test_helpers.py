@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import clients
 import pytest
 import rig
 
@@ -28,7 +29,7 @@ def up(helpers: dict[str, Path], tmp_path: Path) -> Iterator[rig.Upstream]:
 
 
 def test_streams_are_counted_event_by_event(helpers: dict[str, Path], up: rig.Upstream, tmp_path: Path) -> None:
-    out = rig.run_loadgen(helpers, up.port, rig.chat_body(5, True), tmp_path, conns=4, once=True)
+    out = clients.run_loadgen(helpers, up.port, clients.chat_body(5, True), tmp_path, conns=4, once=True)
     assert out["ok"] == 4
     assert out["status"] == {"200": 4}
     assert out["content_events"] == 20
@@ -40,7 +41,9 @@ def test_streams_are_counted_event_by_event(helpers: dict[str, Path], up: rig.Up
 
 
 def test_non_stream_answers_and_request_ids(helpers: dict[str, Path], up: rig.Upstream, tmp_path: Path) -> None:
-    out = rig.run_loadgen(helpers, up.port, rig.chat_body(3, False), tmp_path, conns=3, once=True, request_ids="t-")
+    out = clients.run_loadgen(
+        helpers, up.port, clients.chat_body(3, False), tmp_path, conns=3, once=True, request_ids="t-"
+    )
     assert out["ok"] == 3
     assert out["latency_ms"]["n"] == 3
     assert out["content_events"] == 0
@@ -50,8 +53,8 @@ def test_non_stream_answers_and_request_ids(helpers: dict[str, Path], up: rig.Up
 
 def test_dropped_streams_are_logged_on_both_sides(helpers: dict[str, Path], up: rig.Upstream, tmp_path: Path) -> None:
     up.pace(5)
-    out = rig.run_loadgen(
-        helpers, up.port, rig.chat_body(200, True), tmp_path, conns=4, once=True, drop_every=2, drop_after=2
+    out = clients.run_loadgen(
+        helpers, up.port, clients.chat_body(200, True), tmp_path, conns=4, once=True, drop_every=2, drop_after=2
     )
     dropped = {d[1]: d for d in out["drops"]}
     assert len(dropped) == 2
@@ -73,7 +76,7 @@ def test_abort_request_ends_the_stream_and_is_timestamped(
     import socket
 
     up.pace(50)
-    body = json.dumps({**rig.chat_body(100, True), "rid": "rid-abort-me"}).encode()
+    body = json.dumps({**clients.chat_body(100, True), "rid": "rid-abort-me"}).encode()
     with socket.create_connection(("127.0.0.1", up.port)) as conn:
         conn.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
@@ -100,9 +103,22 @@ def test_abort_request_ends_the_stream_and_is_timestamped(
 def test_wrk_output_is_parsed_from_a_real_run(up: rig.Upstream, tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed")
-    out = rig.run_wrk(up.port, rig.chat_body(2, False), 2, 1, tmp_path)
+    out = clients.run_wrk(up.port, clients.chat_body(2, False), 2, 1, tmp_path)
     assert out["requests"] > 0
     assert out["non_2xx"] == 0
     assert (
         out["requests"] <= up.stats()["nonstream"]
     )  # wrk counts answers; requests cut at its end reached the upstream too
+
+
+def test_error_answers_are_counted_with_their_marker(
+    helpers: dict[str, Path], up: rig.Upstream, tmp_path: Path
+) -> None:
+    out = clients.run_loadgen(
+        helpers, up.port, clients.chat_body(1, False), tmp_path, conns=2, once=True, path="/nothing", marker="NOT FOUND"
+    )
+    assert out["status"] == {"404": 2}
+    assert out["ok"] == 0
+    assert out["marked"] == 2  # the marker matches in any case
+    assert out["non200_latency_ms"]["n"] == 2
+    assert out["retry_after"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import clients
 import overload
 import peers_report
 import pytest
@@ -28,7 +29,7 @@ Transfer/sec:      1.28MB
 
 
 def test_parse_wrk_converts_every_unit_and_counts_errors() -> None:
-    parsed = rig.parse_wrk(WRK_OUTPUT)
+    parsed = clients.parse_wrk(WRK_OUTPUT)
     assert parsed["p50_ms"] == pytest.approx(0.098)
     assert parsed["p75_ms"] == pytest.approx(3.32)
     assert parsed["p99_ms"] == pytest.approx(1200.0)
@@ -41,21 +42,21 @@ def test_parse_wrk_converts_every_unit_and_counts_errors() -> None:
 
 def test_parse_wrk_refuses_output_without_latency_distribution() -> None:
     with pytest.raises(ValueError, match="latency"):
-        rig.parse_wrk(WRK_OUTPUT.replace("Latency Distribution", "Latency"))
+        clients.parse_wrk(WRK_OUTPUT.replace("Latency Distribution", "Latency"))
 
 
 def test_parse_loadgen_requires_its_fields() -> None:
     with pytest.raises(ValueError, match="gap_ms"):
-        rig.parse_loadgen(
+        clients.parse_loadgen(
             '{"ok": 1, "errors": 0, "incomplete": 0, "status": {}, "latency_ms": {}, "ttft_ms": {}, "rps": 1}'
         )
 
 
 def test_pct_is_nearest_rank_and_nan_when_empty() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert rig.pct(values, 0.5) == 51.0
-    assert rig.pct(values, 0.99) == 100.0
-    assert rig.pct([], 0.5) != rig.pct([], 0.5)  # NaN
+    assert clients.pct(values, 0.5) == 51.0
+    assert clients.pct(values, 0.99) == 100.0
+    assert clients.pct([], 0.5) != clients.pct([], 0.5)  # NaN
 
 
 def test_tree_cpu_counts_this_process_and_nothing_for_a_missing_one() -> None:
@@ -179,8 +180,8 @@ def test_analyse_disconnects_matches_aborts_closes_and_charges() -> None:
 
 def test_runs_without_answers_give_no_figures() -> None:
     empty = WRK_OUTPUT.replace("13918 requests in", "0 requests in")
-    assert rig.parse_wrk(empty)["p50_ms"] is None
-    out = rig.parse_loadgen(
+    assert clients.parse_wrk(empty)["p50_ms"] is None
+    out = clients.parse_loadgen(
         '{"ok": 0, "errors": 0, "incomplete": 0, "status": {}, "rps": 0, "latency_ms": {"n": 0, "p50": 0, "p99": 0},'
         ' "ttft_ms": {"n": 0, "p50": 0, "p99": 0}, "gap_ms": {"n": 3, "p50": 20.0, "p99": 21.0}}'
     )

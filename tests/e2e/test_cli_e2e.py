@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -71,3 +72,28 @@ def test_hash_key_reads_stdin_and_sim_has_help() -> None:
     assert result.stdout.strip() == hash_api_key("sk-abc")
     result = subprocess.run([*CLI, "sim", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--max-context" in result.stdout
+
+
+def test_web_concurrency_in_the_environment_does_not_stop_serve(tmp_path: Path) -> None:
+    """uvicorn reads WEB_CONCURRENCY and, handed an app object, would exit with code 3; serve must not."""
+    port = free_port()
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tenants": [{"name": "t", "api_keys": [hash_api_key("sk-t-0123456789abcdef")], "models": ["*"]}],
+                "pools": [{"name": "p", "model": "m", "max_context": 4096, "workers": ["http://127.0.0.1:1"]}],
+            }
+        )
+    )
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "WEB_CONCURRENCY": "2"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--config", str(config), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/live", proc=proc, log=log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

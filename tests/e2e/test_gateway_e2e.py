@@ -347,3 +347,17 @@ def test_a_stream_stalling_mid_way_ends_with_an_error_and_an_abort(
     assert json.loads(events[-2])["error"]["type"] == "server_error"
     # The worker is still generating: the gateway tells it to stop rather than wait for it to notice.
     assert wait_until(lambda: sim.stats()["aborted"] == 1, timeout=5)
+
+
+def test_oversized_headers_get_431_in_the_envelope(stack: tuple[Gateway, Sim]) -> None:
+    gw, _ = stack
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": HELLO},
+        headers={"Authorization": f"Bearer {KEY_ACME}", **{f"x-pad-{i}": "p" * 8000 for i in range(10)}},
+    )
+    assert resp.status_code == 431, resp.text
+    assert resp.json()["error"]["type"] == "invalid_request_error" and resp.headers["x-request-id"]
+    ok = httpx.post(gw.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 2},
+                    headers={"Authorization": f"Bearer {KEY_ACME}"})  # fmt: skip
+    assert ok.status_code == 200

@@ -43,7 +43,8 @@ class HostTransport(httpx.AsyncBaseTransport):
 def settings(workers: list[str], **extra: Any) -> Settings:
     tenant = {"name": "acme", "api_keys": [hash_api_key(KEY)], "models": ["*"], **extra.pop("tenant", {})}
     pools = [{"name": "short", "model": MODEL, "max_context": 32_768, "workers": workers}]
-    return load_settings(overrides={"tenants": [tenant], "pools": pools, **extra})
+    tenants = [tenant, *extra.pop("extra_tenants", [])]
+    return load_settings(overrides={"tenants": tenants, "pools": pools, **extra})
 
 
 @dataclass

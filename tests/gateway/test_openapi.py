@@ -50,6 +50,10 @@ def test_every_reference_resolves(document: dict[str, Any]) -> None:
 
 
 def test_every_route_has_its_body_errors_and_auth(document: dict[str, Any]) -> None:
+    documented = {(method, path) for path, ops in document["paths"].items() for method in ops}
+    assert set(REQUEST_BODIES) <= documented, set(REQUEST_BODIES) - documented
+    assert ("get", "/v1/responses/{response_id}") in documented
+    assert ("post", "/v1/responses/{response_id}/cancel") in documented
     schemes = document["components"]["securitySchemes"]
     assert schemes["bearer"]["scheme"] == "bearer" and schemes["x-api-key"]["name"] == "x-api-key"
     for path, operations in document["paths"].items():

@@ -60,3 +60,24 @@ def test_tally_notes_upstream_error_event() -> None:
     assert tally.take(event) is None, "held back: the relay sends its own error event at the end"
     assert tally.upstream_error == {"message": "boom", "type": "server_error"}
     assert tally.take(_chunk("late")) is None and tally.content_events == 0
+
+
+def test_plain_chunks_take_the_fast_path_and_count_like_the_slow_one() -> None:
+    compact = [
+        b'{"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}',
+        b'{"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}',
+        b'{"id":"c","choices":[{"index":0,"delta":{"reasoning_content":"hm"},"finish_reason":null}],"usage":null}',
+        b'{"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]},"finish_reason":null}],"usage":null}',
+        b'{"id":"c","choices":[{"index":0,"text":"x","finish_reason":null}],"usage":null}',
+    ]
+    fast = StreamTally(wants_usage=False)
+    slow = StreamTally(wants_usage=False)
+    for data in compact:
+        assert fast.take(data) == data
+        spaced = json.dumps(json.loads(data)).encode()  # ": " forces the general path
+        assert slow.take(spaced) == spaced
+    assert fast.content_events == slow.content_events == 4
+    # two choices in one chunk, one of them finishing: not plain, so the finish is seen
+    two = b'{"id":"c","choices":[{"index":0,"finish_reason":null},{"index":1,"finish_reason":"stop"}],"usage":null}'
+    fast.take(two)
+    assert fast.finish_reasons == {1: "stop"}

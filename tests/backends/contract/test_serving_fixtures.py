@@ -36,6 +36,13 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
         True,
     ),
 }
+LOOKUP = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    },
+}
 
 
 def skeleton(value: Any, key: str | None = None) -> Any:
@@ -93,3 +100,14 @@ async def test_responses_have_the_shape_of_sglangs_serving_code(
     ours = (await sim.client.post(path, json={**base, "rid": RID, **extra})).json()
     theirs = json.loads((FIXTURES / f"{endpoint}_{scenario}.json").read_text())
     assert skeleton(ours) == skeleton(theirs)
+
+
+async def test_tool_calls_have_the_shape_of_sglangs_glm47_parser_output(make_sim: MakeSim) -> None:
+    sim = await make_sim(enable_cache_report=True)
+    request = {"messages": [{"role": "user", "content": "hi"}], "rid": RID, "tools": [LOOKUP], "tool_choice": "auto"}
+    ours = sse_events((await sim.client.post(CHAT, json={**request, "stream": True})).text)
+    theirs = fixture_events("chat_tools.sse")
+    assert {skeleton(e) for e in ours} == {skeleton(e) for e in theirs}
+    assert collapsed(ours) == collapsed(theirs)
+    whole = (await sim.client.post(CHAT, json=request)).json()
+    assert skeleton(whole) == skeleton(json.loads((FIXTURES / "chat_tools.json").read_text()))

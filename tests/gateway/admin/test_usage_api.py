@@ -81,3 +81,19 @@ async def test_a_budget_set_through_the_api_takes_effect_at_once() -> None:
         response = await _chat(client, ACME_KEY)
         assert response.status_code == 429 and "tokens per month" in response.json()["error"]["message"]
         assert hash_api_key(ACME_KEY) not in response.text
+
+
+async def test_the_ledger_records_the_workers_cached_tokens_streamed_or_not() -> None:
+    async with running(settings(), enable_cache_report=True) as (_, client):
+        long_prompt = {"messages": [{"role": "user", "content": "the same long question " * 40}]}
+        worker_cached = []
+        for stream in (False, True, False):
+            extra: dict[str, Any] = {"stream": stream} | long_prompt
+            if stream:
+                extra["stream_options"] = {"include_usage": True}
+            response = await _chat(client, ACME_KEY, **extra)
+            usage = json.loads(response.text.split("data: ")[-2])["usage"] if stream else response.json()["usage"]
+            worker_cached.append(usage["prompt_tokens_details"]["cached_tokens"])
+        assert worker_cached[0] == 0 and worker_cached[1] > 0  # the prefix is cached after the first request
+        export = await client.get("/admin/v1/usage", headers=ADMIN)
+        assert [json.loads(line)["cached_tokens"] for line in export.text.splitlines()] == worker_cached
