@@ -22,13 +22,15 @@ from sparsegate.gateway.upstream import UpstreamResponse
 from sparsegate.gateway.wire import Send
 
 # Ids: a per-process random prefix and a counter. Unique across replicas and processes (12 hex digits of
-# randomness), and far cheaper than a uuid4 per request.
+# randomness), and far cheaper than a uuid4 per request. The counter has a fixed width because SGLang's scheduler
+# aborts every request whose rid *starts with* the aborted one: with `...1` and `...10` both running, aborting the
+# first would stop the second, another client's request.
 _PREFIX = os.urandom(6).hex()
 _COUNTER = itertools.count(1)
 
 
 def mint_id(kind: str) -> str:
-    return f"{kind}-{_PREFIX}{next(_COUNTER):x}"
+    return f"{kind}-{_PREFIX}{next(_COUNTER):012x}"
 
 
 @dataclass(slots=True)
@@ -89,6 +91,8 @@ class RequestContext:
         self.failure = exc
         record.outcome = "error"
         record.error_type = type(exc).__name__
+        if isinstance(exc, GatewayError):  # the whole story, internal hosts included, for the log line
+            record.error_detail = exc.message if exc.detail is None else f"{exc.message} {exc.detail}"
         if record.first_byte_at is None:
             record.status = exc.status_code if isinstance(exc, GatewayError) else 500
 

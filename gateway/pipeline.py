@@ -38,6 +38,7 @@ from sparsegate.gateway.queueing import Ticket
 from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.relay import relay
 from sparsegate.gateway.relay.attempts import router_outcome
+from sparsegate.gateway.relay.mend import sample_rids
 from sparsegate.gateway.routing import Outcome
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Receive, Scope, Send, header_map
@@ -259,9 +260,9 @@ def _release_outcome(ctx: RequestContext) -> Outcome:
     if record.outcome == "cancelled":
         return "cancelled"
     if isinstance(ctx.failure, UpstreamError):
-        return router_outcome(ctx.failure)
+        return router_outcome(ctx.failure)  # chat/completions' worker error events included (UpstreamStreamError)
     if record.error_type == "UpstreamStreamError":
-        return "upstream_error"  # the worker itself sent an error event
+        return "upstream_error"  # a typed stream's (Responses, Messages) worker error event, recorded by name
     return "cancelled"  # the gateway's own failure says nothing about the worker
 
 
@@ -279,7 +280,9 @@ async def _settle_and_report(state: GatewayState, ctx: RequestContext) -> None:
             if not ctx.upstream_complete:
                 # Dropped before the worker finished (client gone, stall, gateway error): SGLang would notice the
                 # closed connection only seconds later, so tell it now, without making this request wait.
-                state.spawn(state.upstream.abort(attempt.worker.url, attempt.rid))
+                # With n > 1 the worker runs one request per sample (`rid_i`), and the base rid matches none.
+                for rid in sample_rids(attempt.rid, ctx.job.n if ctx.job is not None else 1):
+                    state.spawn(state.upstream.abort(attempt.worker.url, rid))
             state.router.release(attempt.worker, _release_outcome(ctx))
         if ctx.reservation is not None:
             # Charge what the worker did: the prompt and the tokens generated. A request that failed before it

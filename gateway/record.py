@@ -78,6 +78,7 @@ class RequestRecord:
     status: int = 0
     outcome: Outcome = "ok"
     error_type: str | None = None
+    error_detail: str | None = None  # the error's full message (worker URLs and words included): logs only
     limit_decision: str | None = None  # "admitted", "degraded", or the rejecting limit's kind
     admitted_at: float | None = None
     first_byte_at: float | None = None  # first byte of the answer sent to the client
