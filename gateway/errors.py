@@ -15,7 +15,8 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     ├── ResourceNotFound              404 an admin API tenant or key that does not exist
     │   └── ResponseNotFound          404 a stored response the tenant does not own (or that expired)
     ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
-    │   └── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
+    │   ├── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
+    │   └── QueueFull                 429 the tenant's fair queue for the pool is at its bound
     ├── UpstreamError                 502 server_error; `outcome` says whose fault it was (see below)
     │   ├── UpstreamUnavailable       502 refused, reset, 5xx, bad upstream response
     │   │   ├── UpstreamNotReady      503 the worker answered 503 (full, paused, draining), with retry-after
@@ -25,6 +26,7 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     │   └── UpstreamBusy              429 the worker's queue is full (its 429), with retry-after
     ├── NoHealthyWorker               503 (with retry-after)
     ├── Overloaded                    503 this gateway process is at its bound; shed before admission
+    ├── QueueTimeout                  503 the pool stayed saturated for the request's whole queue wait
     ├── LimiterUnavailable            503 the limiter is down and the tenant's policy is fail_closed
     ├── AdminStoreUnavailable         503 the admin state could not be saved (nothing changed)
     └── InternalError                 500 a gateway bug; never for bad input
@@ -234,6 +236,13 @@ class QuotaExceeded(RateLimited):
                          rate_headers=rate_headers)  # fmt: skip
 
 
+class QueueFull(RateLimited):
+    """The tenant already has as many requests waiting for the pool as its queue holds: its own flood, so a 429."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, kind="requests", retry_after_s=retry_after_s)
+
+
 UpstreamOutcome = Literal["refused", "reset", "server_error", "timeout", "busy", "bad_response", "rejected"]
 # What counts against a worker's breaker; anything else is neutral for it.
 WORKER_FAULTS: frozenset[str] = frozenset({"refused", "reset", "server_error", "timeout", "bad_response"})
@@ -335,6 +344,20 @@ class NoHealthyWorker(GatewayError):
 class Overloaded(GatewayError):
     """This process is at its in-flight or event-loop-lag bound. Answered before admission (nothing charged), fast,
     and never blamed on a worker."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return _retry_headers(self.retry_after_s)
+
+
+class QueueTimeout(GatewayError):
+    """A request waited in the fair queue for as long as it may (queue bound or first-byte deadline). Shed before any
+    worker saw it: nothing is charged, and no worker is blamed."""
 
     status = 503
 

@@ -12,6 +12,7 @@ answers 503 in microseconds and charges nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from sparsegate.gateway.intake import ClientDisconnected, parse_object, read_bod
 from sparsegate.gateway.limits.base import AdmissionRequest
 from sparsegate.gateway.observability.logs import request_id_var
 from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from sparsegate.gateway.queueing import Ticket
 from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.relay import relay
 from sparsegate.gateway.relay.attempts import router_outcome
@@ -182,15 +184,49 @@ async def admit(state: GatewayState, ctx: RequestContext, identity: Identity, mo
 async def relay_watched(
     state: GatewayState, snapshot: Snapshot, ctx: RequestContext, receive: Receive, send: Send
 ) -> None:
-    """Relay `ctx.job`. From here the client is watched: if it leaves, the relay is cancelled and the worker told
-    at once."""
+    """Take a slot in the pool, then relay `ctx.job`. From here the client is watched: if it leaves, the queue wait
+    or the relay is cancelled (and the worker told) at once."""
+    assert ctx.job is not None and ctx.record.tenant is not None
     watcher = asyncio.get_running_loop().create_task(_watch_client(receive, ctx))
     ctx.relaying = True
     try:
-        await relay(state, snapshot, ctx, send)
+        # At once while the pool has room, else in the tenant's fair queue (gateway/queueing/).
+        ticket = state.gate.try_take(ctx.job.plan.pool.name, ctx.record.tenant)
+        if ticket is None:
+            with ctx.record.trace.stage("queue"):
+                ticket, snapshot = await _wait_for_slot(state, snapshot, ctx.record, ctx.job)
+        try:
+            await relay(state, snapshot, ctx, send)
+        finally:
+            state.gate.release(ticket)
     finally:
         ctx.relaying = False
         watcher.cancel()
+
+
+async def _wait_for_slot(
+    state: GatewayState, snapshot: Snapshot, record: RequestRecord, job: Job
+) -> tuple[Ticket, Snapshot]:
+    """Wait in the fair queue; the wait counts against the first-byte deadline, so the relay gets what is left."""
+    assert record.tenant is not None
+    tenant = state.keys.tenant(record.tenant)
+    timeouts = snapshot.timeouts
+    deadline_s = timeouts.first_byte_s if job.stream else timeouts.total_s
+    ticket = await state.gate.wait(
+        job.plan.pool.name,
+        record.tenant,
+        tier=(tenant.priority or 0) if tenant is not None else 0,
+        weight=tenant.weight if tenant is not None else 1.0,
+        budget_s=min(snapshot.settings.fair_share.max_wait_s, deadline_s),
+    )
+    record.queue_s = ticket.queued_s
+    left = timeouts.model_copy(
+        update={
+            "first_byte_s": max(0.001, timeouts.first_byte_s - ticket.queued_s),
+            "total_s": max(0.001, timeouts.total_s - ticket.queued_s),
+        }
+    )
+    return ticket, dataclasses.replace(snapshot, timeouts=left)
 
 
 async def _watch_client(receive: Receive, ctx: RequestContext) -> None:
