@@ -19,7 +19,9 @@ from typing import Any
 
 from sparsegate.gateway.errors import UpstreamStreamError, client_message
 
-_NULL_KEYS = (b'"role":null', b'"prompt_tokens_details":null', b'"completion_tokens_details":null')
+_ROLE_NULL = b'"role":null'
+_DETAILS_NULL = b'_tokens_details":null'
+_DETAILS_KEYS = (b'"prompt_tokens_details":null', b'"completion_tokens_details":null')
 _NULL_FIELDS = ("prompt_tokens_details", "completion_tokens_details")
 
 
@@ -45,11 +47,19 @@ class Mender:
                 end = data.find(b'"', start + len(prefix))
                 if end > 0:
                     data = data[: start + len(prefix) - 1] + data[end:]
-        if b":null" in data:
-            for key in _NULL_KEYS:
+        # Two searches on the common path: SGLang's text chunks carry neither (but do carry other nulls).
+        if _ROLE_NULL in data:
+            data = _drop(data, _ROLE_NULL)
+        if _DETAILS_NULL in data:
+            for key in _DETAILS_KEYS:
                 if key in data:
-                    data = data.replace(key + b",", b"").replace(b"," + key, b"").replace(key, b"")
+                    data = _drop(data, key)
         return data
+
+
+def _drop(data: bytes, member: bytes) -> bytes:
+    """Remove an object member (`"key":null`) with the comma that joins it to its neighbour."""
+    return data.replace(member + b",", b"").replace(b"," + member, b"").replace(member, b"")
 
 
 def mend_usage(usage: dict[str, Any]) -> None:
