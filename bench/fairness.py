@@ -14,6 +14,9 @@ stream is replaced at once); tenant B sends 2 requests a second (open loop, even
 - `fair-2rep`    as `fair`, with two gateway replicas on the one worker, A's streams and B's requests split
                  evenly between them.
 
+B's requests are evenly spaced by default; `--poisson` sends them as a Poisson process of the same rate (even
+spacing can line a request up with the end of B's own request before last).
+
 Printed per scenario: B's TTFT (time to its first generated token) p50 / p99 / max, B's and A's tokens/s, and A's
 tokens/s as a share of the pool's capacity (the theoretical `max_running x 1000 / itl` and the measured `a-alone`
 figure) and of what B leaves (capacity minus B's own tokens/s).
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import random
 import sys
 import tempfile
 import time
@@ -173,24 +177,27 @@ async def flood(urls: list[str], streams: int, tokens: int, window: tuple[float,
     return tally
 
 
-async def light(urls: list[str], rps: float, tokens: int, window: tuple[float, float]) -> Tally:
-    """Tenant B: `rps` requests a second, evenly spaced (open loop); those sent in the window are awaited."""
+async def light(urls: list[str], rps: float, tokens: int, window: tuple[float, float], poisson: bool) -> Tally:
+    """Tenant B: `rps` requests a second, evenly spaced or as a Poisson process (open loop); those sent in the
+    window are awaited."""
     tally = Tally(window)
     body = request_body(tokens)
+    rng = random.Random(14)
     async with session() as http:
         sent: list[asyncio.Task[None]] = []
-        start = time.monotonic()
+        due = time.monotonic()
         i = 0
         while time.monotonic() < window[1]:
             sent.append(asyncio.create_task(one_stream(http, urls[i % len(urls)], KEY_B, body, tally)))
             i += 1
-            await asyncio.sleep(max(0.0, start + i / rps - time.monotonic()))
+            due += rng.expovariate(rps) if poisson else 1.0 / rps
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
         await asyncio.gather(*sent, return_exceptions=True)
     return tally
 
 
-def run_light(urls: list[str], rps: float, tokens: int, window: tuple[float, float]) -> Tally:
-    return asyncio.run(light(urls, rps, tokens, window))
+def run_light(urls: list[str], rps: float, tokens: int, window: tuple[float, float], poisson: bool) -> Tally:
+    return asyncio.run(light(urls, rps, tokens, window, poisson))
 
 
 def drive(sc: Scenario, urls: list[str], args: argparse.Namespace) -> tuple[Tally, Tally]:
@@ -198,7 +205,7 @@ def drive(sc: Scenario, urls: list[str], args: argparse.Namespace) -> tuple[Tall
     start = time.monotonic() + 0.5
     window = (start + args.warmup, start + args.warmup + args.duration)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        b_future = pool.submit(run_light, urls, args.b_rps, args.tokens, window) if sc.light else None
+        b_future = pool.submit(run_light, urls, args.b_rps, args.tokens, window, args.poisson) if sc.light else None
         a = asyncio.run(flood(urls, args.a_streams, args.tokens, window)) if sc.flood else Tally(window)
         b = b_future.result() if b_future is not None else Tally(window)
     return a, b
@@ -292,6 +299,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--a-streams", type=int, default=64)
     parser.add_argument("--b-rps", type=float, default=2.0)
+    parser.add_argument("--poisson", action="store_true", help="B's requests as a Poisson process (default: even)")
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--max-running", type=int, default=8)
     parser.add_argument("--itl-ms", type=float, default=20.0)

@@ -24,9 +24,11 @@ free at once, so a saturated pool's slots would stay with the replicas that hold
 only a replica holding no slots would wait until another replica's queue ran dry. Hence the one exception to "no
 room, no grant": when the pool is exactly full, a tenant that holds no slot on this replica may send one request on
 into the worker's own queue (empty otherwise, as every replica keeps its backlog at home). The worker gives it the
-next slot it frees; the replica whose request ended sees the pool full at its next poll and does not refill. The
-worker's queue so holds at most one such request per replica beyond `headroom`, plus what two replicas granted on
-the same stale poll. docs/benchmarks.md ("Fair share") states the bound and measures it.
+next slot it frees; the replica whose request ended sees the pool full (at its next poll at the latest) and does not
+refill. The same holds for a tenant below its weighted share of the slots this replica holds, so that a light
+tenant gets the pool's next free slot, not only this replica's. The worker's queue so holds at most one such request
+per replica beyond `headroom`, plus what two replicas granted on the same stale poll. docs/benchmarks.md ("Fair
+share") states the bound and measures it.
 
 A pool whose limit is unknown (a worker's maximum could not be read) or that has no eligible worker is not held
 back: the request goes on, and the router answers as it would without the gate.
@@ -236,10 +238,10 @@ class FairGate:
             free = pool.free()
             waiter = scheduler.next_waiter()
             assert waiter is not None
-            # A full pool still lets one request in for a tenant that holds nothing here: it waits in the worker's
+            # A full pool still lets one request in for a tenant below its share here: it waits in the worker's
             # own queue (empty otherwise) and takes the next slot the worker frees, which this replica then does
             # not refill (the request counts as in use). See "Across replicas" in the module docstring.
-            if free is not None and not (free > 0 or (free == 0 and scheduler.held(waiter.tenant) == 0)):
+            if free is not None and not (free > 0 or (free == 0 and scheduler.below_share(waiter.tenant))):
                 return
             now = self._clock()
             spacing = pool.spacing_s(self.settings.pacing)

@@ -42,6 +42,7 @@ class FairScheduler:
         self.max_queued_per_tenant = max_queued_per_tenant
         self._queues: dict[str, deque[Waiter]] = {}
         self._held: dict[str, int] = {}
+        self._weights: dict[str, float] = {}  # each tenant's weight, as its latest waiter gave it
         self._seq = itertools.count()
         self.queued = 0
 
@@ -71,6 +72,7 @@ class FairScheduler:
             raise QueueFullError(waiter.tenant)
         waiter.seq = next(self._seq)
         waiter.queued = True
+        self._weights[waiter.tenant] = waiter.weight
         queue.append(waiter)
         self.queued += 1
 
@@ -96,6 +98,16 @@ class FairScheduler:
                 best, best_key = head, key
         return best
 
+    def below_share(self, tenant: str) -> bool:
+        """Whether `tenant` holds fewer slots than its weighted share of those held here, among the tenants that
+        hold or wait for slots (a lone tenant never is)."""
+        active = set(self._queues) | {t for t, n in self._held.items() if n}
+        total_weight = sum(self._weights.get(t, 1.0) for t in active)
+        if not total_weight:
+            return False
+        share = self.held_total * self._weights.get(tenant, 1.0) / total_weight
+        return self._held.get(tenant, 0) < share or self._held.get(tenant, 0) == 0
+
     def grant(self, waiter: Waiter) -> None:
         """Give `waiter` a slot: out of its queue, one more slot held by its tenant."""
         self.remove(waiter)
@@ -112,3 +124,5 @@ class FairScheduler:
             self._held[tenant] = left
         else:
             self._held.pop(tenant, None)
+            if tenant not in self._queues:
+                self._weights.pop(tenant, None)

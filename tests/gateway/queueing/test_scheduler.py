@@ -118,3 +118,20 @@ def test_a_waiter_that_gives_up_leaves_and_holds_nothing() -> None:
     assert s.held("a") == 1 and s.tenants() == ["a"]
     s.release("a")
     assert s.tenants() == [] and s.held_total == 0
+
+
+def test_below_share_is_weighted_and_never_true_for_a_lone_tenant() -> None:
+    clock, s = FakeClock(), FairScheduler(max_queued_per_tenant=100)
+    for _ in range(6):
+        s.take("a")
+    s.enqueue(waiter("a", clock))
+    assert not s.below_share("a"), "a lone tenant holds its whole share"
+    s.enqueue(waiter("b", clock, weight=1.0))
+    assert s.below_share("b")
+    for _ in range(5):
+        s.take("b")
+    assert s.below_share("b"), "5 of 11 held, against an equal share of 5.5"
+    s.take("b")
+    assert not s.below_share("b") and not s.below_share("a"), "6 and 6 of 12"
+    s.enqueue(waiter("c", clock, weight=2.0))
+    assert s.below_share("c") and not s.below_share("a"), "weights 1, 1, 2: c's share is 6 of 12, a's 3"
