@@ -44,7 +44,7 @@ import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.rig import free_port, git_commit, loadavg, machine, pct, process, wait_http
+from bench.rig import free_port, git_commit, loadavg, machine, process, wait_http
 from sparsegate.gateway.settings import hash_api_key
 
 MODEL = "glm-5.1"
@@ -111,6 +111,12 @@ def request_body(tokens: int) -> bytes:
             "stream": True,
         }
     )
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile by the nearest-rank rule."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 CONTENT, EMPTY_CONTENT = b'"content":"', b'"content":""'

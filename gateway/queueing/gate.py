@@ -19,8 +19,14 @@ Spacing the grants spreads such a burst once; after that, slots free up evenly a
 that free up at random times pass almost unhindered (a burst of two passes at once, and the rate allowed is above
 the rate at which slots free up).
 
-Across replicas, each replica sees the others' load only through the polls, so between two polls it may hand out
-slots another replica just took; docs/benchmarks.md ("Fair share") states the bound and measures it.
+Across replicas, each replica sees the others' load only through the polls, and it refills the slots its own requests
+free at once, so a saturated pool's slots would stay with the replicas that hold them: a tenant whose requests reach
+only a replica holding no slots would wait until another replica's queue ran dry. Hence the one exception to "no
+room, no grant": when the pool is exactly full, a tenant that holds no slot on this replica may send one request on
+into the worker's own queue (empty otherwise, as every replica keeps its backlog at home). The worker gives it the
+next slot it frees; the replica whose request ended sees the pool full at its next poll and does not refill. The
+worker's queue so holds at most one such request per replica beyond `headroom`, plus what two replicas granted on
+the same stale poll. docs/benchmarks.md ("Fair share") states the bound and measures it.
 
 A pool whose limit is unknown (a worker's maximum could not be read) or that has no eligible worker is not held
 back: the request goes on, and the router answers as it would without the gate.
@@ -228,7 +234,12 @@ class FairGate:
         scheduler = pool.scheduler
         while scheduler.queued:
             free = pool.free()
-            if free is not None and free <= 0:
+            waiter = scheduler.next_waiter()
+            assert waiter is not None
+            # A full pool still lets one request in for a tenant that holds nothing here: it waits in the worker's
+            # own queue (empty otherwise) and takes the next slot the worker frees, which this replica then does
+            # not refill (the request counts as in use). See "Across replicas" in the module docstring.
+            if free is not None and not (free > 0 or (free == 0 and scheduler.held(waiter.tenant) == 0)):
                 return
             now = self._clock()
             spacing = pool.spacing_s(self.settings.pacing)
@@ -237,8 +248,6 @@ class FairGate:
                 if pool.paced is None:
                     pool.paced = asyncio.get_running_loop().call_later(wait, self._paced_dispatch, pool)
                 return
-            waiter = scheduler.next_waiter()
-            assert waiter is not None
             future = pool.futures.get(waiter)
             if future is None or future.done():  # its task was cancelled and has not run its cleanup yet
                 scheduler.remove(waiter)

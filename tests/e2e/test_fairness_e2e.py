@@ -148,7 +148,8 @@ async def test_a_disconnect_leaves_the_queue(sims: Callable[..., Sim], gateways:
         holder = asyncio.create_task(stream(client, gw, KEY_ACME, 150))
         assert await eventually(field_is(gw, "in_use", 1))
         async with httpx.AsyncClient(timeout=60) as leaver:
-            waiting = asyncio.create_task(stream(leaver, gw, KEY_BETA, 5))
+            # the same tenant: one holding nothing could send a request on into the worker's queue
+            waiting = asyncio.create_task(stream(leaver, gw, KEY_ACME, 5))
             assert await eventually(field_is(gw, "queued", 1))
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
@@ -168,7 +169,7 @@ async def test_a_passed_queue_deadline_sheds_with_503(
     async with httpx.AsyncClient(timeout=60) as client:
         holder = asyncio.create_task(stream(client, gw, KEY_ACME, 100))
         assert await eventually(field_is(gw, "in_use", 1))
-        headers = {"Authorization": f"Bearer {KEY_BETA}"}
+        headers = {"Authorization": f"Bearer {KEY_ACME}"}  # a tenant that holds nothing would get onto the worker
         resp = await client.post(gw.url + "/v1/chat/completions", json=body(5, stream=False), headers=headers)
         assert resp.status_code == 503, resp.text
         assert resp.json()["error"]["type"] == "server_error"

@@ -103,15 +103,17 @@ async def test_a_cancelled_wait_leaves_the_queue_and_holds_nothing() -> None:
     first = gate.try_take("p", "a")
     assert first is not None
     gone = asyncio.create_task(gate.wait("p", "a", tier=0, weight=1.0, budget_s=60))
-    stays = asyncio.create_task(gate.wait("p", "b", tier=0, weight=1.0, budget_s=60))
+    stays = asyncio.create_task(gate.wait("p", "a", tier=0, weight=1.0, budget_s=60))
     await settle_tasks()
     gone.cancel()
     await asyncio.gather(gone, return_exceptions=True)
     assert gate.pool("p").scheduler.queued == 1
     gate.release(first)
-    assert (await stays).tenant == "b"
-    assert gate.pool("p").scheduler.held("a") == 0
+    assert (await stays).tenant == "a"
+    assert gate.pool("p").scheduler.held("a") == 1, "only the waiter that stayed holds a slot"
     assert metrics.depth.labels("p", "a")._value.get() == 0
+    samples = {s.labels["outcome"]: s.value for s in metrics.wait.collect()[0].samples if s.name.endswith("_count")}
+    assert samples == {"cancelled": 1.0, "granted": 1.0}
 
 
 async def test_granted_then_cancelled_gives_the_slot_on() -> None:
@@ -120,13 +122,31 @@ async def test_granted_then_cancelled_gives_the_slot_on() -> None:
     first = gate.try_take("p", "a")
     assert first is not None
     racer = asyncio.create_task(gate.wait("p", "a", tier=0, weight=1.0, budget_s=60))
-    other = asyncio.create_task(gate.wait("p", "b", tier=0, weight=1.0, budget_s=60))
+    other = asyncio.create_task(gate.wait("p", "a", tier=0, weight=1.0, budget_s=60))
     await settle_tasks()
-    gate.release(first)  # the slot goes to a's waiter (equal shares, it came first) ...
+    gate.release(first)  # the slot goes to the first waiter ...
     racer.cancel()  # ... which is cancelled before it could run
     await asyncio.gather(racer, return_exceptions=True)
-    assert (await other).tenant == "b", "the slot a's waiter could not use went on"
-    assert gate.pool("p").scheduler.held("a") == 0
+    assert (await other).tenant == "a", "the slot the first waiter could not use went on"
+    assert gate.pool("p").scheduler.held("a") == 1
+
+
+async def test_a_tenant_with_nothing_here_gets_one_request_onto_a_full_pool() -> None:
+    gate, _, _ = make_gate()
+    full(gate, 2)
+    assert gate.try_take("p", "a") is not None and gate.try_take("p", "a") is not None
+    first_b = await gate.wait("p", "b", tier=0, weight=1.0, budget_s=60)
+    assert first_b.queued_s >= 0 and gate.saturation()["p"]["in_use"] == 3, "one beyond the limit, for b"
+    second_b = asyncio.create_task(gate.wait("p", "b", tier=0, weight=1.0, budget_s=60))
+    more_a = asyncio.create_task(gate.wait("p", "a", tier=0, weight=1.0, budget_s=60))
+    await settle_tasks()
+    assert not second_b.done() and not more_a.done(), "b holds a slot now: no more overflow"
+    gate.release(first_b)
+    await settle_tasks()
+    assert second_b.done() and not more_a.done(), "b's slot went back to b, which held nothing again"
+    assert gate.saturation()["p"]["in_use"] == 3
+    more_a.cancel()
+    await asyncio.gather(more_a, return_exceptions=True)
 
 
 async def test_a_passed_queue_deadline_is_a_503_with_retry_after() -> None:
