@@ -41,11 +41,12 @@ class Job:
     rid: str  # gateway-minted id on the worker (SGLang uses it as the response id); retries derive from it
     body: bytes  # the payload as JSON, without `rid` (each attempt adds its own)
     stream: bool
-    n: int
+    n: int  # choices in the answer: n, times the prompts of a completions batch
     plan: RoutePlan
     affinity_key: str
     wants_usage: bool
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    expands_rid: bool = False  # SGLang runs one request per choice, `rid_0 … rid_{n-1}` (relay/mend.py)
     dialect: Dialect = OPENAI  # how the answer looks to the client (dialects.py)
     method: str = "POST"
     rid_field: str | None = "rid"  # the body field SGLang takes the attempt's id from; None: the API has none

@@ -38,7 +38,7 @@ from sparsegate.gateway.queueing import Ticket
 from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.relay import relay
 from sparsegate.gateway.relay.attempts import router_outcome
-from sparsegate.gateway.relay.mend import sample_rids
+from sparsegate.gateway.relay.mend import sample_rids, worker_choices
 from sparsegate.gateway.routing import Outcome
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Receive, Scope, Send, header_map
@@ -132,15 +132,17 @@ async def _layers(
     except orjson.JSONEncodeError as exc:
         raise InvalidRequest(f"The request cannot be encoded for the worker: {exc}.") from None
 
-    # admission: reserve prompt + completion budget for every choice
-    await admit(state, ctx, identity, body.model, prompt_tokens + plan.completion_budget * body.n)
+    # admission: reserve prompt + completion budget for every choice (n of each prompt of a completions batch)
+    choices, expands_rid = worker_choices(body.n, prompt)
+    await admit(state, ctx, identity, body.model, prompt_tokens + plan.completion_budget * choices)
 
     ctx.job = Job(
         path="/v1/chat/completions" if chat else "/v1/completions",
         rid=mint_id("chatcmpl" if chat else "cmpl"),
         body=encoded,
         stream=body.stream,
-        n=body.n,
+        n=choices,
+        expands_rid=expands_rid,
         plan=plan,
         affinity_key=router.affinity_key(messages=messages, prompt=prompt),
         wants_usage=body.wants_usage,
@@ -281,7 +283,8 @@ async def _settle_and_report(state: GatewayState, ctx: RequestContext) -> None:
                 # Dropped before the worker finished (client gone, stall, gateway error): SGLang would notice the
                 # closed connection only seconds later, so tell it now, without making this request wait.
                 # With n > 1 the worker runs one request per sample (`rid_i`), and the base rid matches none.
-                for rid in sample_rids(attempt.rid, ctx.job.n if ctx.job is not None else 1):
+                job = ctx.job
+                for rid in sample_rids(attempt.rid, job.n, job.expands_rid) if job is not None else [attempt.rid]:
                     state.spawn(state.upstream.abort(attempt.worker.url, rid))
             state.router.release(attempt.worker, _release_outcome(ctx))
         if ctx.reservation is not None:

@@ -92,7 +92,7 @@ async def open_with_retries(state: GatewayState, snapshot: Snapshot, ctx: Reques
             raise failure
         router.release(worker, router_outcome(failure))
         if isinstance(failure, UpstreamTimeout):
-            for sample in sample_rids(rid, job.n):  # it may still be working on it
+            for sample in sample_rids(rid, job.n, job.expands_rid):  # it may still be working on it
                 state.spawn(state.upstream.abort(worker.url, sample))
         if failure.retriable and n + 1 < attempts:
             tried.append(worker.url)

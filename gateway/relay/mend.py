@@ -25,9 +25,19 @@ _DETAILS_KEYS = (b'"prompt_tokens_details":null', b'"completion_tokens_details":
 _NULL_FIELDS = ("prompt_tokens_details", "completion_tokens_details")
 
 
-def sample_rids(rid: str, n: int) -> list[str]:
-    """The rids a worker runs for one request: SGLang's expansion of a string rid when n > 1."""
-    return [rid] if n <= 1 else [f"{rid}_{i}" for i in range(n)]
+def worker_choices(n: int, prompt: object = None) -> tuple[int, bool]:
+    """How many choices SGLang runs for a request, and whether it expands the rid into one per choice.
+
+    `GenerateReqInput` (io_struct) is a batch when the prompt is a list of prompts (even of one) or when n > 1;
+    a batch's string rid becomes `rid_0 … rid_{batch × n - 1}` (`_normalize_rid`)."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt) * n, True
+    return n, n > 1
+
+
+def sample_rids(rid: str, n: int, expanded: bool) -> list[str]:
+    """The rids a worker runs for one request of `n` choices."""
+    return [f"{rid}_{i}" for i in range(n)] if expanded else [rid]
 
 
 class Mender:
@@ -35,9 +45,9 @@ class Mender:
 
     __slots__ = ("_id_prefix",)
 
-    def __init__(self, rid: str, n: int) -> None:
-        # With n == 1 the worker's id is the rid already.
-        self._id_prefix = b'"id":"' + rid.encode() + b"_" if n > 1 else b""
+    def __init__(self, rid: str, expanded: bool) -> None:
+        # Unexpanded, the worker's id is the rid already.
+        self._id_prefix = b'"id":"' + rid.encode() + b"_" if expanded else b""
 
     def event(self, data: bytes) -> bytes:
         prefix = self._id_prefix
@@ -69,10 +79,10 @@ def mend_usage(usage: dict[str, Any]) -> None:
             del usage[name]
 
 
-def mend_body(obj: dict[str, Any], rid: str, n: int) -> bool:
+def mend_body(obj: dict[str, Any], rid: str, expanded: bool) -> bool:
     """Mend a parsed non-streamed answer in place; True when it changed."""
     changed = False
-    if n > 1 and isinstance(obj.get("id"), str) and obj["id"].startswith(rid + "_"):
+    if expanded and isinstance(obj.get("id"), str) and obj["id"].startswith(rid + "_"):
         obj["id"] = rid
         changed = True
     usage = obj.get("usage")
@@ -96,4 +106,4 @@ def worker_stream_error(payload: Any) -> UpstreamStreamError:
     return UpstreamStreamError(message, worker_status=status)
 
 
-__all__ = ["Mender", "mend_body", "mend_usage", "sample_rids", "worker_stream_error"]
+__all__ = ["Mender", "mend_body", "mend_usage", "sample_rids", "worker_choices", "worker_stream_error"]

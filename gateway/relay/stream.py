@@ -39,7 +39,7 @@ async def relay_stream(
     job, record = ctx.job, ctx.record
     assert job is not None and attempt.response is not None
     tally = StreamTally(wants_usage=job.wants_usage)
-    mend = Mender(attempt.rid, job.n).event
+    mend = Mender(attempt.rid, job.expands_rid).event
     splitter = EventSplitter()
     headers = {**ctx.response_headers, **SSE_HEADERS, "server-timing": server_timing(record)}
     record.status = 200
@@ -83,6 +83,8 @@ async def relay_stream(
     finally:
         # Runs on cancellation too (client gone), so a cut stream is still counted for settling.
         account_stream(record, tally)
+        if job.expands_rid and record.response_id is not None:
+            record.response_id = attempt.rid  # the id the client saw, not the worker's `rid_0`
     ctx.upstream_complete = tally.done or len(tally.finish_reasons) >= job.n
     if failure is None:
         # The worker's own error event, or an abort the client did not cause (it would have cancelled us first),

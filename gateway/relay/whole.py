@@ -42,8 +42,9 @@ async def relay_whole(
         if obj is not None:
             if "abort" in record.finish_reasons:
                 raise UpstreamAborted()
-            if mend_body(obj, attempt.rid, ctx.job.n):
+            if mend_body(obj, attempt.rid, ctx.job.expands_rid):
                 body = orjson.dumps(obj)
+                record.response_id = attempt.rid
     else:
         account_usage(record, ctx.job.dialect.whole_usage(body))
     headers = {**ctx.response_headers, "content-type": "application/json", "server-timing": server_timing(record)}

@@ -13,7 +13,7 @@ import pytest
 from sparsegate.gateway.errors import error_event
 from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.relay.attempts import router_outcome
-from sparsegate.gateway.relay.mend import Mender, mend_body, sample_rids, worker_stream_error
+from sparsegate.gateway.relay.mend import Mender, mend_body, sample_rids, worker_choices, worker_stream_error
 from sparsegate.gateway.relay.whole import account_whole
 from sparsegate.gateway.sse import EventSplitter, StreamTally, event_data
 
@@ -30,7 +30,7 @@ def _n(name: str) -> int:
 def _replay(name: str, *, wants_usage: bool = True, cut: int = 7) -> tuple[StreamTally, list[bytes]]:
     """The fixture through the splitter, the tally and the mender, fed in `cut`-byte reads."""
     raw = (FIXTURES / name).read_bytes()
-    splitter, tally, mend = EventSplitter(), StreamTally(wants_usage=wants_usage), Mender(RID, _n(name)).event
+    splitter, tally, mend = EventSplitter(), StreamTally(wants_usage=wants_usage), Mender(RID, _n(name) > 1).event
     out: list[bytes] = []
     for start in range(0, len(raw), cut):
         for event in splitter.feed(raw[start : start + cut]):
@@ -115,7 +115,7 @@ def test_whole_bodies_are_mended_and_accounted(name: str) -> None:
     record = RequestRecord(request_id="r", endpoint="chat")
     obj: Any = account_whole(record, _compact(name))
     assert obj is not None and record.usage_from_worker and record.completion_tokens > 0
-    mend_body(obj, RID, _n(name))
+    mend_body(obj, RID, _n(name) > 1)
     assert obj["id"] == RID
     assert all(v is not None for v in obj["usage"].values())
     if "abort" in name:
@@ -125,12 +125,21 @@ def test_whole_bodies_are_mended_and_accounted(name: str) -> None:
 
 
 def test_every_sample_rid_is_aborted() -> None:
-    assert sample_rids(RID, 1) == [RID]
-    assert sample_rids(RID, 3) == ["gw-1_0", "gw-1_1", "gw-1_2"]
+    assert sample_rids(RID, 1, False) == [RID]
+    assert sample_rids(RID, 3, True) == ["gw-1_0", "gw-1_1", "gw-1_2"]
+    assert sample_rids(RID, 1, True) == ["gw-1_0"]
+
+
+def test_which_requests_sglang_expands() -> None:
+    # io_struct: a list of prompts is a batch (even of one), and n > 1 makes a batch of a single prompt
+    assert worker_choices(1) == (1, False) and worker_choices(3) == (3, True)
+    assert worker_choices(1, "text") == (1, False) and worker_choices(1, [1, 2, 3]) == (1, False)
+    assert worker_choices(1, ["a"]) == (1, True) and worker_choices(2, ["a", "b"]) == (4, True)
+    assert worker_choices(2, [[1, 2], [3]]) == (4, True)
 
 
 def test_mender_leaves_strings_and_other_ids_alone() -> None:
-    mend = Mender("chatcmpl-7", 2).event
+    mend = Mender("chatcmpl-7", True).event
     text = (
         b'{"id":"chatcmpl-7_1","choices":[{"index":1,"delta":{"role":null,"content":"say \\"role\\":null",'
         b'"tool_calls":[{"id":"call_1","index":0}]}}]}'
@@ -138,4 +147,4 @@ def test_mender_leaves_strings_and_other_ids_alone() -> None:
     mended = json.loads(mend(text))
     assert mended["id"] == "chatcmpl-7"
     assert mended["choices"][0]["delta"] == {"content": 'say "role":null', "tool_calls": [{"id": "call_1", "index": 0}]}
-    assert Mender("chatcmpl-7", 1).event(b'{"id":"chatcmpl-7_1"}') == b'{"id":"chatcmpl-7_1"}'
+    assert Mender("chatcmpl-7", False).event(b'{"id":"chatcmpl-7_1"}') == b'{"id":"chatcmpl-7_1"}'

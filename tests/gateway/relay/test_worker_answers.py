@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.gateway.support import chat, running
+from tests.gateway.support import KEY, chat, running
 
 
 def sse_data(text: str) -> list[str]:
@@ -83,8 +83,8 @@ async def test_a_worker_abort_is_an_error_charged_what_the_worker_reported() -> 
         assert whole.json()["error"]["type"] == "server_error"
         record = gw.records[-1]
         assert record.outcome == "error" and record.completion_tokens == 2
-        # charged prompt + the 2 tokens the worker reported, not the 32 reserved and not nothing
-        assert int(whole.headers["x-ratelimit-remaining-tokens"]) <= 100_000 - record.prompt_tokens - 32
+        # settling charges the record's prompt + completion tokens: the 2 the worker reported, not the 32 reserved
+        assert record.usage_from_worker
 
 
 async def test_a_worker_error_event_is_rewritten() -> None:
@@ -137,3 +137,21 @@ async def test_no_worker_url_reaches_a_client() -> None:
                 seen = resp.text + " ".join(f"{k}: {v}" for k, v in resp.headers.items())
                 assert name not in seen and "http://" not in seen, seen
                 assert gw.records[-1].worker == f"http://{name}", "the logs keep it"
+
+
+async def test_a_completions_batch_carries_one_id() -> None:
+    body = {"model": "glm-5.1", "prompt": ["Once upon", "a time"], "max_tokens": 6, "n": 2}
+    headers = {"authorization": f"Bearer {KEY}"}
+    async with running() as gw:
+        whole = await gw.client.post("/v1/completions", json=body, headers=headers)
+        assert whole.status_code == 200, whole.text
+        assert whole.json()["id"] == gw.records[-1].rid == gw.records[-1].response_id
+        assert sorted(c["index"] for c in whole.json()["choices"]) == [0, 1, 2, 3]
+
+        resp = await gw.client.post("/v1/completions", json={**body, "stream": True}, headers=headers)
+        data = sse_data(resp.text)
+        assert data[-1] == "[DONE]"
+        chunks = [json.loads(d) for d in data[:-1]]
+        assert {c["id"] for c in chunks} == {gw.records[-1].rid}
+        assert {ch["index"] for c in chunks for ch in c["choices"]} == {0, 1, 2, 3}
+        assert gw.records[-1].outcome == "ok" and len(gw.records[-1].finish_reasons) == 4
