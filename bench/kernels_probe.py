@@ -1,7 +1,7 @@
 """Exploration on a GPU, to choose defaults: every sparse-MLA config per shape (for Hopper and as Ada would
 select), top-k paths, and the previous kernels of a given file beside the current ones.
 
-    python3 bench/kernels_probe.py [--old DIR] [--only mla,topk,indexer]
+    python3 bench/kernels_probe.py [--old DIR] [--only mla,topk,indexer] [--shapes 32x64,1x64] [--paths two-pass]
 
 --old DIR: a folder holding earlier `sparse_mla.py` / `topk.py` (as `sparse_mla_main.py`, `topk_main.py`), timed
 beside the current ones. Every variant is checked (top-k against torch.topk's values, sparse MLA against its
@@ -67,7 +67,9 @@ def _compiled_report(label: str, name: str) -> str:
     return f"regs {getattr(compiled, 'n_regs', '?')} spills {getattr(compiled, 'n_spills', '?')}"
 
 
-def probe_sparse_mla(ceil: object, old: ModuleType | None, shapes: list[tuple[int, int]]) -> None:
+def probe_sparse_mla(
+    ceil: object, old: ModuleType | None, shapes: list[tuple[int, int]], paths: tuple[str, ...]
+) -> None:
     gen = torch.Generator(device="cuda").manual_seed(7)
     num_slots = 1 << 20
     kv = mla_cache(num_slots, "cuda", gen)
@@ -90,6 +92,7 @@ def probe_sparse_mla(ceil: object, old: ModuleType | None, shapes: list[tuple[in
         ]  # fmt: skip
         if tokens == 1:
             variants = [v for v in variants if v[0] != "two-pass"]
+        variants = [v for v in variants if v[0] in paths]
         for arch in ("hopper", "ada"):
             for label, fn, kernels in variants:
                 for kernel in kernels:
@@ -219,6 +222,7 @@ def main() -> int:
     parser.add_argument("--old", type=Path, default=None)
     parser.add_argument("--only", default="mla,topk")
     parser.add_argument("--shapes", default="32x64,32x8,32x16,1x64,4096x64", help="sparse MLA T x H list")
+    parser.add_argument("--paths", default="split-K,two-pass,sparse_mla", help="sparse MLA paths to time")
     parser.add_argument("--ncu", default="", help="T,H,BLOCK_H,BLOCK_N,DEQUANT,splits,warps,stages: one launch")
     args = parser.parse_args()
     if args.ncu:
@@ -233,7 +237,7 @@ def main() -> int:
         probe_indexer_topk(ceil, load_old(args.old, "topk"))
     if "mla" in only:
         shapes = [(int(t), int(h)) for t, h in (x.split("x") for x in args.shapes.split(","))]
-        probe_sparse_mla(ceil, load_old(args.old, "sparse_mla"), shapes)
+        probe_sparse_mla(ceil, load_old(args.old, "sparse_mla"), shapes, tuple(args.paths.split(",")))
     return 0
 
 

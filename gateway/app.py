@@ -36,6 +36,7 @@ from sparsegate.gateway.observability.logs import request_id_var
 from sparsegate.gateway.openapi import install_openapi
 from sparsegate.gateway.overload import LoopMonitor, Shedder
 from sparsegate.gateway.pipeline import ENDPOINTS, serve
+from sparsegate.gateway.queueing import FairGate, QueueMetrics
 from sparsegate.gateway.record import Observer
 from sparsegate.gateway.requestlog import RequestLog
 from sparsegate.gateway.responses_store import build_response_store
@@ -119,6 +120,13 @@ def create_app(
                 else AiohttpUpstream(monitor, connect_s=connect_s, abort_s=abort_s)
             )
             ledger = build_ledger(settings)
+            gate = FairGate(
+                settings.fair_share,
+                router.workers,
+                client,
+                monitor,
+                metrics=QueueMetrics(metrics.registry),
+            )
             observer = Observers([metrics, tracing, RequestLog(), *([ledger] if ledger else []), *(observers or [])])
             state = GatewayState(
                 snapshot=Snapshot.of(settings),
@@ -135,6 +143,7 @@ def create_app(
                     max_in_flight=settings.overload.max_in_flight,
                     max_loop_lag_s=settings.overload.max_loop_lag_ms / 1000,
                 ),
+                gate=gate,
                 started_at=int(time.time()),
                 responses=build_response_store(settings),
             )
@@ -155,6 +164,7 @@ def create_app(
                 await ledger.start()
             await limiter.start()
             await router.start()
+            await gate.start()
             await admin.start()
             remove_reload = _install_reload(state, config_path)
             stop_metrics = (
@@ -167,6 +177,7 @@ def create_app(
                 remove_reload()
                 monitor.close()
                 await admin.close()
+                await gate.close()
                 await router.close()
                 await limiter.close()
                 await state.responses.close()

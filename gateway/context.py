@@ -22,13 +22,15 @@ from sparsegate.gateway.upstream import UpstreamResponse
 from sparsegate.gateway.wire import Send
 
 # Ids: a per-process random prefix and a counter. Unique across replicas and processes (12 hex digits of
-# randomness), and far cheaper than a uuid4 per request.
+# randomness), and far cheaper than a uuid4 per request. The counter has a fixed width because SGLang's scheduler
+# aborts every request whose rid *starts with* the aborted one: with `...1` and `...10` both running, aborting the
+# first would stop the second, another client's request.
 _PREFIX = os.urandom(6).hex()
 _COUNTER = itertools.count(1)
 
 
 def mint_id(kind: str) -> str:
-    return f"{kind}-{_PREFIX}{next(_COUNTER):x}"
+    return f"{kind}-{_PREFIX}{next(_COUNTER):012x}"
 
 
 @dataclass(slots=True)
@@ -39,11 +41,12 @@ class Job:
     rid: str  # gateway-minted id on the worker (SGLang uses it as the response id); retries derive from it
     body: bytes  # the payload as JSON, without `rid` (each attempt adds its own)
     stream: bool
-    n: int
+    n: int  # choices in the answer: n, times the prompts of a completions batch
     plan: RoutePlan
     affinity_key: str
     wants_usage: bool
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    expands_rid: bool = False  # SGLang runs one request per choice, `rid_0 … rid_{n-1}` (relay/mend.py)
     dialect: Dialect = OPENAI  # how the answer looks to the client (dialects.py)
     method: str = "POST"
     rid_field: str | None = "rid"  # the body field SGLang takes the attempt's id from; None: the API has none
@@ -89,6 +92,8 @@ class RequestContext:
         self.failure = exc
         record.outcome = "error"
         record.error_type = type(exc).__name__
+        if isinstance(exc, GatewayError):  # the whole story, internal hosts included, for the log line
+            record.error_detail = exc.message if exc.detail is None else f"{exc.message} {exc.detail}"
         if record.first_byte_at is None:
             record.status = exc.status_code if isinstance(exc, GatewayError) else 500
 

@@ -34,6 +34,7 @@ ANTHROPIC_ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "request_timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
@@ -225,12 +226,17 @@ class ResponsesDialect(Dialect):
         """OpenAI's `error` event, then `response.failed` carrying the response as it stood, so the SDK's stream
         helpers see a terminal event."""
         sequence = tally.sequence if tally is not None else 0
-        error = {"type": "error", "code": exc.error_code or exc.error_type, "message": exc.message, "param": exc.param}
+        error = {
+            "type": "error",
+            "code": exc.error_code or exc.error_type,
+            "message": exc.public_message,
+            "param": exc.param,
+        }
         out = sse_event("error", {**error, "sequence_number": sequence})
         snapshot = dict(tally.snapshot) if tally is not None and tally.snapshot is not None else None
         if snapshot is not None:
             snapshot["status"] = "failed"
-            snapshot["error"] = {"code": "server_error", "message": exc.message}
+            snapshot["error"] = {"code": "server_error", "message": exc.public_message}
             out += sse_event(
                 "response.failed", {"type": "response.failed", "sequence_number": sequence + 1} | {"response": snapshot}
             )
@@ -249,7 +255,7 @@ class AnthropicDialect(Dialect):
 
     def envelope(self, exc: GatewayError) -> dict[str, Any]:
         kind = ANTHROPIC_ERROR_TYPES.get(exc.status_code, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": exc.message}}
+        return {"type": "error", "error": {"type": kind, "message": exc.public_message}}
 
     def error_event(self, exc: GatewayError, tally: TypedTally | None = None) -> bytes:
         return sse_event("error", self.envelope(exc)) + sse_event("message_stop", {"type": "message_stop"})

@@ -5,7 +5,7 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     GatewayError                      500 server_error
     ├── InvalidRequest                400 invalid_request_error
     │   ├── ContextLengthExceeded     400 code=context_length_exceeded, param=messages
-    │   └── UpstreamRejected          4xx the worker refused the request (its message is passed on)
+    │   └── UpstreamRejected          400 the worker refused the request with a 4xx (its message is passed on)
     ├── RequestTooLarge               413 code=request_too_large
     ├── RequestHeadersTooLarge        431 code=request_headers_too_large
     ├── AuthenticationFailed          401 code=invalid_api_key
@@ -15,13 +15,18 @@ Routes, the limiter, the router and the relay raise these; nothing else in the g
     ├── ResourceNotFound              404 an admin API tenant or key that does not exist
     │   └── ResponseNotFound          404 a stored response the tenant does not own (or that expired)
     ├── RateLimited                   429 type=requests|tokens, code=rate_limit_exceeded
-    │   └── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
+    │   ├── QuotaExceeded             429 type=code=insufficient_quota, a token budget is spent (no retry)
+    │   └── QueueFull                 429 the tenant's fair queue for the pool is at its bound
     ├── UpstreamError                 502 server_error; `outcome` says whose fault it was (see below)
     │   ├── UpstreamUnavailable       502 refused, reset, 5xx, bad upstream response
+    │   │   ├── UpstreamNotReady      503 the worker answered 503 (full, paused, draining), with retry-after
+    │   │   └── UpstreamAborted       502 the worker ended the answer with finish_reason "abort" on its own
+    │   ├── UpstreamStreamError       the worker's own mid-stream error event, in OpenAI's types
     │   ├── UpstreamTimeout           504
     │   └── UpstreamBusy              429 the worker's queue is full (its 429), with retry-after
     ├── NoHealthyWorker               503 (with retry-after)
     ├── Overloaded                    503 this gateway process is at its bound; shed before admission
+    ├── QueueTimeout                  503 the pool stayed saturated for the request's whole queue wait
     ├── LimiterUnavailable            503 the limiter is down and the tenant's policy is fail_closed
     ├── AdminStoreUnavailable         503 the admin state could not be saved (nothing changed)
     └── InternalError                 500 a gateway bug; never for bad input
@@ -52,7 +57,7 @@ _INTERNAL_URL = re.compile(r"\s*\b(?:https?|redis|rediss|unix)://[^\s,;)]*?(?=[.
 
 def client_message(message: str) -> str:
     """The message as a client may read it: without internal host names (`worker http://10.0.0.5:30000 failed`
-    becomes `worker failed`). Every client-facing error body goes through `envelope`, hence through here."""
+    becomes `worker failed`). Every client-facing error body (`envelope`, the dialects') uses `public_message`."""
     return _INTERNAL_URL.sub("", message)
 
 
@@ -68,6 +73,7 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self._code = code
+        self.detail: str | None = None  # for the logs only (a worker's own words); never sent to a client
 
     @property
     def error_type(self) -> str:
@@ -85,10 +91,15 @@ class GatewayError(Exception):
         """Extra response headers (retry hints); empty unless a subclass has something to say."""
         return {}
 
+    @property
+    def public_message(self) -> str:
+        """The message as the client reads it (no internal hosts); `message` is the operator's, for logs."""
+        return client_message(self.message)
+
     def envelope(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": client_message(self.message),
+                "message": self.public_message,
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.error_code,
@@ -117,17 +128,13 @@ class ContextLengthExceeded(InvalidRequest):
 
 
 class UpstreamRejected(InvalidRequest):
-    """The worker answered 4xx before streaming; the client's request was at fault, so pass its status on."""
+    """The worker answered 4xx before streaming: the client's request was at fault. Clients see OpenAI's 400
+    whatever the worker's status (SGLang answers 400 or 422 for the same kind of mistake); the worker's own status
+    stays in `upstream_status` for the logs. A worker's 429 is not this: it is `UpstreamBusy`."""
 
     def __init__(self, message: str, *, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
-
-    @property
-    def status_code(self) -> int:
-        # 429 from a worker means its queue is full: that is ours to retry elsewhere, not the client's fault,
-        # and is translated before it gets here. Anything else 4xx is passed through.
-        return self.upstream_status
 
 
 class RequestTooLarge(GatewayError):
@@ -229,7 +236,14 @@ class QuotaExceeded(RateLimited):
                          rate_headers=rate_headers)  # fmt: skip
 
 
-UpstreamOutcome = Literal["refused", "reset", "server_error", "timeout", "busy", "bad_response"]
+class QueueFull(RateLimited):
+    """The tenant already has as many requests waiting for the pool as its queue holds: its own flood, so a 429."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, kind="requests", retry_after_s=retry_after_s)
+
+
+UpstreamOutcome = Literal["refused", "reset", "server_error", "timeout", "busy", "bad_response", "rejected"]
 # What counts against a worker's breaker; anything else is neutral for it.
 WORKER_FAULTS: frozenset[str] = frozenset({"refused", "reset", "server_error", "timeout", "bad_response"})
 
@@ -253,6 +267,46 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
+
+
+class UpstreamNotReady(UpstreamUnavailable):
+    """The worker answered 503 before the first byte (its queue is full, it is paused or draining). Retried on
+    another worker; when none is left the client gets 503 with a short wait, as for a gateway without workers."""
+
+    status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)
+
+    def headers(self) -> dict[str, str]:
+        return _retry_headers(1.0)
+
+
+class UpstreamAborted(UpstreamUnavailable):
+    """The worker ended the answer with `finish_reason: "abort"` that the client did not cause (an abort the client
+    causes is never read: the relay is cancelled first). Not among OpenAI's finish reasons, so it is an error."""
+
+    def __init__(self, message: str = "The worker aborted the request before it was complete.") -> None:
+        super().__init__(message, outcome="server_error")
+
+
+class UpstreamStreamError(UpstreamError):
+    """The worker's own error event in a stream (SGLang: `{"error": {"type": "SERVICE_UNAVAILABLE", "code": 503}}`),
+    rewritten into OpenAI's types: a worker 4xx is the request's fault (`invalid_request_error`, the worker is not
+    blamed), anything else is `server_error`. Only ever sent as an event, so the status is for the record."""
+
+    def __init__(self, message: str, *, worker_status: int) -> None:
+        client_fault = 400 <= worker_status < 500 and worker_status != 429
+        super().__init__(message, outcome="rejected" if client_fault else "server_error")
+        self.worker_status = worker_status
+
+    @property
+    def status_code(self) -> int:
+        return 400 if self.outcome == "rejected" else 502
+
+    @property
+    def error_type(self) -> str:
+        return "invalid_request_error" if self.outcome == "rejected" else "server_error"
 
 
 class UpstreamTimeout(UpstreamError):
@@ -290,6 +344,20 @@ class NoHealthyWorker(GatewayError):
 class Overloaded(GatewayError):
     """This process is at its in-flight or event-loop-lag bound. Answered before admission (nothing charged), fast,
     and never blamed on a worker."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return _retry_headers(self.retry_after_s)
+
+
+class QueueTimeout(GatewayError):
+    """A request waited in the fair queue for as long as it may (queue bound or first-byte deadline). Shed before any
+    worker saw it: nothing is charged, and no worker is blamed."""
 
     status = 503
 
@@ -385,6 +453,13 @@ def to_gateway_error(exc: Exception) -> GatewayError:
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
     """The single exception handler registered for every exception class."""
+    from sparsegate.gateway.dialects import OPENAI, dialect_for_path  # dialects builds on this module
+
     err = to_gateway_error(exc)
     extra = getattr(request.state, "rate_headers", None)
-    return error_response(err, extra if isinstance(extra, dict) else None)
+    dialect = dialect_for_path(request.url.path)
+    if dialect is OPENAI:
+        return error_response(err, extra if isinstance(extra, dict) else None)
+    # e.g. a wrong method on /v1/messages: still the envelope that API's clients parse
+    headers = dialect.rate_headers({**(extra if isinstance(extra, dict) else {}), **err.headers()})
+    return JSONResponse(dialect.envelope(err), status_code=err.status_code, headers=headers)

@@ -12,6 +12,7 @@ answers 503 in microseconds and charges nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -33,9 +34,11 @@ from sparsegate.gateway.intake import ClientDisconnected, parse_object, read_bod
 from sparsegate.gateway.limits.base import AdmissionRequest
 from sparsegate.gateway.observability.logs import request_id_var
 from sparsegate.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from sparsegate.gateway.queueing import Ticket
 from sparsegate.gateway.record import RequestRecord
 from sparsegate.gateway.relay import relay
 from sparsegate.gateway.relay.attempts import router_outcome
+from sparsegate.gateway.relay.mend import sample_rids, worker_choices
 from sparsegate.gateway.routing import Outcome
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Receive, Scope, Send, header_map
@@ -129,15 +132,17 @@ async def _layers(
     except orjson.JSONEncodeError as exc:
         raise InvalidRequest(f"The request cannot be encoded for the worker: {exc}.") from None
 
-    # admission: reserve prompt + completion budget for every choice
-    await admit(state, ctx, identity, body.model, prompt_tokens + plan.completion_budget * body.n)
+    # admission: reserve prompt + completion budget for every choice (n of each prompt of a completions batch)
+    choices, expands_rid = worker_choices(body.n, prompt)
+    await admit(state, ctx, identity, body.model, prompt_tokens + plan.completion_budget * choices)
 
     ctx.job = Job(
         path="/v1/chat/completions" if chat else "/v1/completions",
         rid=mint_id("chatcmpl" if chat else "cmpl"),
         body=encoded,
         stream=body.stream,
-        n=body.n,
+        n=choices,
+        expands_rid=expands_rid,
         plan=plan,
         affinity_key=router.affinity_key(messages=messages, prompt=prompt),
         wants_usage=body.wants_usage,
@@ -181,15 +186,49 @@ async def admit(state: GatewayState, ctx: RequestContext, identity: Identity, mo
 async def relay_watched(
     state: GatewayState, snapshot: Snapshot, ctx: RequestContext, receive: Receive, send: Send
 ) -> None:
-    """Relay `ctx.job`. From here the client is watched: if it leaves, the relay is cancelled and the worker told
-    at once."""
+    """Take a slot in the pool, then relay `ctx.job`. From here the client is watched: if it leaves, the queue wait
+    or the relay is cancelled (and the worker told) at once."""
+    assert ctx.job is not None and ctx.record.tenant is not None
     watcher = asyncio.get_running_loop().create_task(_watch_client(receive, ctx))
     ctx.relaying = True
     try:
-        await relay(state, snapshot, ctx, send)
+        # At once while the pool has room, else in the tenant's fair queue (gateway/queueing/).
+        ticket = state.gate.try_take(ctx.job.plan.pool.name, ctx.record.tenant)
+        if ticket is None:
+            with ctx.record.trace.stage("queue"):
+                ticket, snapshot = await _wait_for_slot(state, snapshot, ctx.record, ctx.job)
+        try:
+            await relay(state, snapshot, ctx, send)
+        finally:
+            state.gate.release(ticket)
     finally:
         ctx.relaying = False
         watcher.cancel()
+
+
+async def _wait_for_slot(
+    state: GatewayState, snapshot: Snapshot, record: RequestRecord, job: Job
+) -> tuple[Ticket, Snapshot]:
+    """Wait in the fair queue; the wait counts against the first-byte deadline, so the relay gets what is left."""
+    assert record.tenant is not None
+    tenant = state.keys.tenant(record.tenant)
+    timeouts = snapshot.timeouts
+    deadline_s = timeouts.first_byte_s if job.stream else timeouts.total_s
+    ticket = await state.gate.wait(
+        job.plan.pool.name,
+        record.tenant,
+        tier=(tenant.priority or 0) if tenant is not None else 0,
+        weight=tenant.weight if tenant is not None else 1.0,
+        budget_s=min(snapshot.settings.fair_share.max_wait_s, deadline_s),
+    )
+    record.queue_s = ticket.queued_s
+    left = timeouts.model_copy(
+        update={
+            "first_byte_s": max(0.001, timeouts.first_byte_s - ticket.queued_s),
+            "total_s": max(0.001, timeouts.total_s - ticket.queued_s),
+        }
+    )
+    return ticket, dataclasses.replace(snapshot, timeouts=left)
 
 
 async def _watch_client(receive: Receive, ctx: RequestContext) -> None:
@@ -223,9 +262,9 @@ def _release_outcome(ctx: RequestContext) -> Outcome:
     if record.outcome == "cancelled":
         return "cancelled"
     if isinstance(ctx.failure, UpstreamError):
-        return router_outcome(ctx.failure)
+        return router_outcome(ctx.failure)  # chat/completions' worker error events included (UpstreamStreamError)
     if record.error_type == "UpstreamStreamError":
-        return "upstream_error"  # the worker itself sent an error event
+        return "upstream_error"  # a typed stream's (Responses, Messages) worker error event, recorded by name
     return "cancelled"  # the gateway's own failure says nothing about the worker
 
 
@@ -243,7 +282,10 @@ async def _settle_and_report(state: GatewayState, ctx: RequestContext) -> None:
             if not ctx.upstream_complete:
                 # Dropped before the worker finished (client gone, stall, gateway error): SGLang would notice the
                 # closed connection only seconds later, so tell it now, without making this request wait.
-                state.spawn(state.upstream.abort(attempt.worker.url, attempt.rid))
+                # With n > 1 the worker runs one request per sample (`rid_i`), and the base rid matches none.
+                job = ctx.job
+                for rid in sample_rids(attempt.rid, job.n, job.expands_rid) if job is not None else [attempt.rid]:
+                    state.spawn(state.upstream.abort(attempt.worker.url, rid))
             state.router.release(attempt.worker, _release_outcome(ctx))
         if ctx.reservation is not None:
             # Charge what the worker did: the prompt and the tokens generated. A request that failed before it

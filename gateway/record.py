@@ -78,11 +78,13 @@ class RequestRecord:
     status: int = 0
     outcome: Outcome = "ok"
     error_type: str | None = None
+    error_detail: str | None = None  # the error's full message (worker URLs and words included): logs only
     limit_decision: str | None = None  # "admitted", "degraded", or the rejecting limit's kind
     admitted_at: float | None = None
     first_byte_at: float | None = None  # first byte of the answer sent to the client
     ended_at: float | None = None
     upstream_s: float = 0.0  # time spent waiting on workers
+    queue_s: float = 0.0  # time spent in the fair queue, waiting for a slot in the pool
     chunks: int = 0
     trace: TraceHandle = field(default_factory=NoTrace, repr=False)
 
@@ -91,8 +93,8 @@ class RequestRecord:
         return end - self.started
 
     def gateway_overhead_s(self) -> float:
-        """Time spent in the gateway itself, excluding the wait on workers."""
-        return max(0.0, self.elapsed() - self.upstream_s)
+        """Time spent in the gateway itself, excluding the wait on workers and for a slot in the pool."""
+        return max(0.0, self.elapsed() - self.upstream_s - self.queue_s)
 
 
 def cached_tokens_of(usage: Mapping[str, object]) -> int:
@@ -119,8 +121,12 @@ class Observer:
 
 
 def server_timing(record: RequestRecord) -> str:
-    """The standard Server-Timing header: the gateway's own time and the wait on workers, so far, in ms."""
-    return (
+    """The standard Server-Timing header: the gateway's own time, the wait on workers and, when the request waited
+    for a slot, the time in the fair queue, so far, in ms."""
+    timing = (
         f'gateway;dur={record.gateway_overhead_s() * 1000:.2f};desc="gateway overhead", '
         f'upstream;dur={record.upstream_s * 1000:.2f};desc="worker"'
     )
+    if record.queue_s:
+        timing += f', queue;dur={record.queue_s * 1000:.2f};desc="fair queue"'
+    return timing

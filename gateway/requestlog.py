@@ -40,6 +40,7 @@ class RequestLog(Observer):
             "status": record.status,
             "outcome": record.outcome,
             "error": record.error_type,
+            "error_detail": record.error_detail,
             "limit": record.limit_decision,
             "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens,

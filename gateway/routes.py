@@ -140,9 +140,20 @@ async def live() -> dict[str, str]:
 
 @api.get("/health/ready", tags=["health"])
 async def ready(request: Request) -> JSONResponse:
-    """Ready when every pool has a healthy worker; 503 names the pools that have none."""
-    pools = gateway_state(request).router.readiness()
+    """Ready when every pool has a healthy worker; 503 names the pools that have none. `saturation` says, per pool,
+    its slots (limit, in use), the requests waiting in the fair queue, and whether it is full: a saturated pool is
+    still ready (requests wait their turn), so it does not change the status."""
+    state = gateway_state(request)
+    pools = state.router.readiness()
     empty = sorted(name for name, counts in pools.items() if counts.get("healthy", 0) == 0)
     status = "ok" if not empty else ("degraded" if len(empty) < len(pools) else "unavailable")
     code = 503 if status == "unavailable" else 200
-    return JSONResponse({"status": status, "pools": pools, "pools_without_healthy_workers": empty}, status_code=code)
+    saturation = state.gate.saturation()
+    body = {
+        "status": status,
+        "pools": pools,
+        "pools_without_healthy_workers": empty,
+        "saturation": saturation,
+        "saturated_pools": sorted(name for name, s in saturation.items() if s["saturated"]),
+    }
+    return JSONResponse(body, status_code=code)

@@ -76,7 +76,10 @@ class TenantConfig(_Section):
     limits: Limits = Limits()
     budgets: Budgets = Budgets()
     model_limits: dict[str, Limits] = Field(default_factory=dict, description="extra limits per (tenant, model)")
-    priority: int | None = Field(default=None, description="sent to SGLang as the request's priority")
+    priority: int | None = Field(
+        default=None, description="sent to SGLang as the request's priority; also the tier in the fair queue"
+    )
+    weight: float = Field(default=1.0, gt=0, description="share of a saturated pool against others in its tier")
     on_limiter_failure: FailurePolicy = "fail_open"
 
     @field_validator("api_keys")
@@ -158,6 +161,30 @@ class OverloadSettings(_Section):
     )
 
 
+class FairShareSettings(_Section):
+    """Fair queuing in the gateway when a pool is saturated (gateway/queueing/)."""
+
+    enabled: bool = True
+    headroom: int = Field(default=0, ge=0, description="requests each worker may queue beyond its max_running_requests")
+    max_queued_per_tenant: int = Field(
+        default=1024,
+        gt=0,
+        description="per tenant and pool; beyond it a 429 (the default leaves the bound to overload.max_in_flight)",
+    )
+    pacing: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="grants out of the queue are spaced by this fraction of the mean time for one slot to free up "
+        "(breaks up batches that would otherwise all end at once); 0 turns it off",
+    )
+    max_wait_s: float = Field(
+        default=60.0, gt=0, description="longest wait in the queue (the first-byte deadline also bounds it)"
+    )
+    poll_s: float = Field(default=0.25, gt=0, description="how often workers' load and maximum are read")
+    poll_timeout_s: float = Field(default=1.0, gt=0)
+
+
 class ResponsesSettings(_Section):
     """Where stored OpenAI responses live (gateway/responses_store.py)."""
 
@@ -233,6 +260,7 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     retries: RetrySettings = RetrySettings()
     overload: OverloadSettings = OverloadSettings()
+    fair_share: FairShareSettings = FairShareSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     responses: ResponsesSettings = ResponsesSettings()
     admin: AdminSettings = AdminSettings()

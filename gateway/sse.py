@@ -51,7 +51,12 @@ def event_data(event: bytes) -> bytes | None:
 
 @dataclass
 class StreamTally:
-    """What a stream said about itself, learned as events pass."""
+    """What a stream said about itself, learned as events pass.
+
+    A worker's error event or a choice it ended with `finish_reason: "abort"` fails the stream: that event and
+    everything after it is held back (the relay ends the stream with an error event of its own), while the usage
+    the worker still reports is kept for settling.
+    """
 
     wants_usage: bool
     usage: dict[str, int] | None = None
@@ -59,21 +64,29 @@ class StreamTally:
     content_events: int = 0
     done: bool = False
     upstream_error: dict[str, Any] | None = None
+    aborted: bool = False
     response_id: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.upstream_error is not None or self.aborted
 
     def take(self, data: bytes) -> bytes | None:
         """Account for one event's data; return what to send on (possibly rewritten), or None to drop it."""
         if data == b"[DONE]":
             self.done = True
             return None
+        failed = self.failed
         if self.response_id is None:
             self.response_id = _peek_id(data)
         if _plain_chunk(data):
             # The common case (SGLang's compact JSON, one choice still going, no usage): a few byte searches.
+            if failed:
+                return None
             if _has_content(data):
                 self.content_events += 1
             return data
-        if _CONTENT.search(data):
+        if not failed and _CONTENT.search(data):
             self.content_events += 1
         needs_parse = (b'"usage"' in data and not _USAGE_NULL.search(data)) or b'"finish_reason":"' in data.replace(
             b'"finish_reason": "', b'"finish_reason":"'
@@ -81,29 +94,35 @@ class StreamTally:
         if b'"error"' in data and b'"choices"' not in data:
             needs_parse = True
         if not needs_parse:
-            return data
+            return None if failed else data
         try:
             obj = json.loads(data)
         except ValueError:
-            return data
+            return None if failed else data
         if not isinstance(obj, dict):
-            return data
-        if isinstance(obj.get("error"), dict) and "choices" not in obj:
-            self.upstream_error = obj["error"]
-            return data
+            return None if failed else data
+        if "error" in obj and "choices" not in obj:
+            if not failed:
+                self.upstream_error = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+            return None
         for choice in obj.get("choices") or []:
             if isinstance(choice, dict) and choice.get("finish_reason"):
-                self.finish_reasons[int(choice.get("index", 0))] = str(choice["finish_reason"])
+                reason = str(choice["finish_reason"])
+                self.finish_reasons[int(choice.get("index", 0))] = reason
+                if reason == "abort":
+                    self.aborted = True
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
             if cached := cached_tokens_of(usage):  # nested in prompt_tokens_details, so kept by name
                 self.usage["cached_tokens"] = cached
-            if not self.wants_usage:
-                if not obj.get("choices"):
-                    return None  # the usage-only chunk the client did not ask for
-                obj["usage"] = None
-                return json.dumps(obj, separators=(",", ":")).encode()
+        if self.failed:
+            return None
+        if isinstance(usage, dict) and not self.wants_usage:
+            if not obj.get("choices"):
+                return None  # the usage-only chunk the client did not ask for
+            obj["usage"] = None
+            return json.dumps(obj, separators=(",", ":")).encode()
         return data
 
 

@@ -23,6 +23,7 @@ from sparsegate.gateway.auth import KeyStore
 from sparsegate.gateway.limits.base import Limiter
 from sparsegate.gateway.observability import GatewayMetrics, Tracing
 from sparsegate.gateway.overload import LoopMonitor, Shedder
+from sparsegate.gateway.queueing import FairGate
 from sparsegate.gateway.record import Observer, RequestRecord
 from sparsegate.gateway.responses_store import MemoryResponseStore, ResponseStore
 from sparsegate.gateway.routing import Router
@@ -118,6 +119,7 @@ class GatewayState:
     tracing: Tracing
     monitor: LoopMonitor
     shedder: Shedder
+    gate: FairGate
     started_at: int
     responses: ResponseStore = field(default_factory=lambda: MemoryResponseStore(ttl_s=86400.0, max_entries=100_000))
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -138,6 +140,7 @@ class GatewayState:
         self.keys.reseed(settings)  # what the admin API set still overrides the new seed
         self.shedder.max_in_flight = settings.overload.max_in_flight
         self.shedder.max_loop_lag_s = settings.overload.max_loop_lag_ms / 1000
+        self.gate.reload(settings.fair_share)
         self.snapshot = snapshot
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:

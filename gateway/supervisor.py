@@ -54,6 +54,9 @@ class Supervisor:
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self._stopping = True
+            # A Ctrl-C in the terminal already reached every child; a second SIGINT would make uvicorn skip its
+            # graceful shutdown, while SIGTERM after SIGINT does not.
+            signum = signal.SIGTERM
         for child in self._children:
             if child.poll() is None:
                 child.send_signal(signum)

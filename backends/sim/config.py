@@ -40,7 +40,8 @@ class SimConfig:
     enable_cache_report: bool = False
     """SGLang's `--enable-cache-report`: usage carries `prompt_tokens_details.cached_tokens`."""
     enable_priority_scheduling: bool = False
-    """SGLang's flag: `/metrics` adds `priority` labels (totals under `""`, one series per priority)."""
+    """SGLang's flag: `/metrics` adds `priority` labels (totals under `""`, one series per priority), and a freed
+    slot goes to the waiting request with the largest priority."""
     reasoning_parser: str | None = None
     """SGLang's `--reasoning-parser`: text choices open with reasoning, sent as `reasoning_content`."""
     legacy_get_load: bool = False
@@ -108,7 +109,11 @@ def build_parser(prog: str = "python -m sparsegate.backends.sim") -> argparse.Ar
     parser.add_argument("--prefix-cache-tokens", type=int, default=None, help="prefix cache size (0: off)")
     sglang = parser.add_argument_group("SGLang server flags the simulator honours")
     sglang.add_argument("--enable-cache-report", action="store_true", help="report cached_tokens in usage")
-    sglang.add_argument("--enable-priority-scheduling", action="store_true", help="priority labels in /metrics")
+    sglang.add_argument(
+        "--enable-priority-scheduling",
+        action="store_true",
+        help="priority labels in /metrics; a freed slot goes to the waiting request with the largest priority",
+    )
     sglang.add_argument("--legacy-get-load", action="store_true", help="also serve /get_load, like older SGLang")
     sglang.add_argument("--reasoning-parser", default=None, help="e.g. glm45: answers open with reasoning_content")
     timing = parser.add_argument_group("timing")

@@ -179,8 +179,12 @@ class Engine:
         stats: SimStats,
         metrics: SimMetrics | None = None,
         cache: PrefixCache | None = None,
+        priority_scheduling: bool = False,
     ) -> None:
         self.max_running = max_running
+        # SGLang's --enable-priority-scheduling: a freed slot goes to the waiting request with the largest priority
+        # (its default order; no preemption of running requests is simulated), the oldest first among equals.
+        self.priority_scheduling = priority_scheduling
         self.kv_capacity_tokens = kv_capacity_tokens
         self.timing = timing
         self.stats = stats
@@ -192,6 +196,7 @@ class Engine:
         self.last_output_at = 0.0
         """`time.monotonic()` of the last token any request produced: the scheduler's heartbeat."""
         self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._waiter_priority: dict[asyncio.Future[bool], int] = {}
         self._visible: dict[str, RequestHandle] = {}
         self._live: set[RequestHandle] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -279,6 +284,8 @@ class Engine:
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         handle.admission = waiter
         self._waiters.append(waiter)
+        if self.priority_scheduling:
+            self._waiter_priority[waiter] = handle.priority or 0
         self.queued_prompt_tokens += handle.prompt_tokens
         try:
             handle.admitted = await waiter
@@ -293,9 +300,17 @@ class Engine:
             self.queued_prompt_tokens -= handle.prompt_tokens
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+            self._waiter_priority.pop(waiter, None)
 
     def _hand_over_slot(self) -> None:
         # A freed slot goes straight to the oldest waiter, so the running count never dips and re-rises.
+        if self.priority_scheduling and self._waiter_priority:
+            live = [w for w in self._waiters if not w.done()]
+            if live:
+                first = max(live, key=lambda w: self._waiter_priority.get(w, 0))  # max keeps the oldest of equals
+                self._waiters.remove(first)
+                first.set_result(True)
+                return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -43,6 +43,7 @@ class SimState:
             timing=timing,
             stats=stats,
             cache=cache,
+            priority_scheduling=config.enable_priority_scheduling,
         )
         metrics = SimMetrics(
             config.model,

@@ -27,6 +27,7 @@ class TenantSpec(BaseModel):
     budgets: Budgets = Budgets()
     model_limits: dict[str, Limits] = Field(default_factory=dict)
     priority: int | None = None
+    weight: float = Field(default=1.0, gt=0, description="share of a saturated pool against others in its tier")
     on_limiter_failure: FailurePolicy = "fail_open"
 
     def as_tenant(self, seed: TenantConfig | None) -> TenantConfig:

@@ -59,6 +59,7 @@ class Admin:
             "budgets": tenant.budgets.model_dump(),
             "model_limits": {m: lim.model_dump() for m, lim in tenant.model_limits.items()},
             "priority": tenant.priority,
+            "weight": tenant.weight,
             "on_limiter_failure": tenant.on_limiter_failure,
             "source": source,
         }

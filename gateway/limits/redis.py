@@ -108,7 +108,10 @@ class RedisLimiter:
             max_connections=MAX_CONNECTIONS,
             timeout=None,  # never waits: `_slots` admits at most MAX_CONNECTIONS calls at once
             socket_timeout=None,  # `_window_s`, applied around each round trip in `_run`
-            socket_connect_timeout=settings.connect_timeout_s,
+            # The connect is bounded by `_window_s` around the call, in fair time when the gateway's loop monitor is
+            # given; redis-py's own connect timeout runs in wall time and, on a busy loop, failed connects Redis
+            # would have accepted (and opened the breaker). It stays only as a backstop.
+            socket_connect_timeout=max(1.0, settings.connect_timeout_s),
             # redis-py retries timeouts 3× by default, which would multiply every timeout. One retry on a connection
             # error only: after a Redis restart each pooled connection is dead, and fails at once on first use.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -307,7 +310,10 @@ class RedisLimiter:
             raise LimiterUnavailable(_UNAVAILABLE)
         if self._slots.locked():
             try:
-                async with asyncio.timeout(QUEUE_WAIT_S):
+                queue_wait = (
+                    FairDeadline(self._monitor, QUEUE_WAIT_S) if self._monitor else asyncio.timeout(QUEUE_WAIT_S)
+                )
+                async with queue_wait:  # in fair time too: a busy loop is no reason to refuse an admission
                     await self._slots.acquire()
             except TimeoutError:
                 raise LimiterUnavailable(_UNAVAILABLE) from None  # overloaded here; says nothing about Redis

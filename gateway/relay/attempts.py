@@ -12,6 +12,7 @@ import time
 from sparsegate.gateway.context import Attempt, Job, RequestContext
 from sparsegate.gateway.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from sparsegate.gateway.overload import FairDeadline
+from sparsegate.gateway.relay.mend import sample_rids
 from sparsegate.gateway.routing import Outcome
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.upstream import status_error
@@ -28,6 +29,8 @@ ROUTER_OUTCOME: dict[str, Outcome] = {
 
 
 def router_outcome(exc: UpstreamError) -> Outcome:
+    if exc.outcome == "rejected":
+        return "client_error"  # the worker refused the request itself: it is up, and not at fault
     return ROUTER_OUTCOME.get(exc.outcome, "upstream_error") if exc.blames_worker else "busy"
 
 
@@ -89,7 +92,8 @@ async def open_with_retries(state: GatewayState, snapshot: Snapshot, ctx: Reques
             raise failure
         router.release(worker, router_outcome(failure))
         if isinstance(failure, UpstreamTimeout):
-            state.spawn(state.upstream.abort(worker.url, rid))  # it may still be working on it
+            for sample in sample_rids(rid, job.n, job.expands_rid):  # it may still be working on it
+                state.spawn(state.upstream.abort(worker.url, sample))
         if failure.retriable and n + 1 < attempts:
             tried.append(worker.url)
             last = failure

@@ -10,9 +10,17 @@ import time
 from contextlib import aclosing
 
 from sparsegate.gateway.context import Attempt, RequestContext
-from sparsegate.gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, error_event
+from sparsegate.gateway.errors import (
+    GatewayError,
+    UpstreamAborted,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_event,
+)
 from sparsegate.gateway.overload import FairDeadline
 from sparsegate.gateway.record import RequestRecord, server_timing
+from sparsegate.gateway.relay.mend import Mender, worker_stream_error
 from sparsegate.gateway.sse import DONE_EVENT, EventSplitter, StreamTally, event_data, frame
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Send, raw_headers
@@ -31,6 +39,7 @@ async def relay_stream(
     job, record = ctx.job, ctx.record
     assert job is not None and attempt.response is not None
     tally = StreamTally(wants_usage=job.wants_usage)
+    mend = Mender(attempt.rid, job.expands_rid).event
     splitter = EventSplitter()
     headers = {**ctx.response_headers, **SSE_HEADERS, "server-timing": server_timing(record)}
     record.status = 200
@@ -56,7 +65,7 @@ async def relay_stream(
                         continue
                     forwarded = tally.take(data)
                     if forwarded is not None:
-                        out.append(frame(forwarded))
+                        out.append(frame(mend(forwarded)))
                 if out:
                     if record.first_byte_at is None:
                         record.first_byte_at = now
@@ -74,17 +83,24 @@ async def relay_stream(
     finally:
         # Runs on cancellation too (client gone), so a cut stream is still counted for settling.
         account_stream(record, tally)
+        if job.expands_rid and record.response_id is not None:
+            record.response_id = attempt.rid  # the id the client saw, not the worker's `rid_0`
     ctx.upstream_complete = tally.done or len(tally.finish_reasons) >= job.n
-    if failure is None and not ctx.upstream_complete and tally.upstream_error is None:
-        failure = UpstreamUnavailable(
-            f"The stream from worker {attempt.worker.url} ended before it was complete.", outcome="reset"
-        )
+    if failure is None:
+        # The worker's own error event, or an abort the client did not cause (it would have cancelled us first),
+        # ends the stream with our error event; SGLang's `finish_reason: "abort"` is not OpenAI's.
+        if tally.upstream_error is not None:
+            failure = worker_stream_error(tally.upstream_error)
+        elif tally.aborted:
+            failure = UpstreamAborted()
+        elif not ctx.upstream_complete:
+            failure = UpstreamUnavailable(
+                f"The stream from worker {attempt.worker.url} ended before it was complete.", outcome="reset"
+            )
     tail = b""
     if failure is not None:
         ctx.fail(failure)
         tail = error_event(failure)
-    elif tally.upstream_error is not None:
-        record.outcome, record.error_type = "error", "UpstreamStreamError"
     await ctx.send_last(send, tail + DONE_EVENT)
 
 

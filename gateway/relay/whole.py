@@ -1,16 +1,23 @@
-"""A non-streamed answer: read it whole within the fair-time budget, account its usage, pass it on untouched."""
+"""A non-streamed answer: read it whole within the fair-time budget, account its usage, pass it on.
+
+The body is parsed anyway (usage), so where SGLang's answer is not OpenAI's (an `rid_0` id with n > 1, null usage
+details) it is mended on the parsed object and encoded again; an answer SGLang ended with `finish_reason: "abort"`
+on its own is a 502, charged for what the worker reports it did.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
 from sparsegate.gateway.context import Attempt, RequestContext
 from sparsegate.gateway.dialects import OPENAI, WholeUsage
-from sparsegate.gateway.errors import UpstreamTimeout
+from sparsegate.gateway.errors import UpstreamAborted, UpstreamTimeout
 from sparsegate.gateway.overload import FairDeadline
 from sparsegate.gateway.record import RequestRecord, cached_tokens_of, server_timing
+from sparsegate.gateway.relay.mend import mend_body
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Send, raw_headers
 
@@ -31,7 +38,13 @@ async def relay_whole(
     ctx.upstream_complete = True
     assert ctx.job is not None
     if ctx.job.dialect is OPENAI:
-        account_whole(record, body)
+        obj = account_whole(record, body)
+        if obj is not None:
+            if "abort" in record.finish_reasons:
+                raise UpstreamAborted()
+            if mend_body(obj, attempt.rid, ctx.job.expands_rid):
+                body = orjson.dumps(obj)
+                record.response_id = attempt.rid
     else:
         account_usage(record, ctx.job.dialect.whole_usage(body))
     headers = {**ctx.response_headers, "content-type": "application/json", "server-timing": server_timing(record)}
@@ -41,13 +54,14 @@ async def relay_whole(
     await ctx.send_last(send, body)
 
 
-def account_whole(record: RequestRecord, body: bytes) -> None:
+def account_whole(record: RequestRecord, body: bytes) -> dict[str, Any] | None:
+    """Account the answer's usage, id and finish reasons; the parsed answer, or None when it is not an object."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return
+        return None
     if not isinstance(obj, dict):
-        return
+        return None
     usage = obj.get("usage")
     if isinstance(usage, dict):
         record.prompt_tokens = _int(usage.get("prompt_tokens")) or record.prompt_tokens
@@ -58,6 +72,7 @@ def account_whole(record: RequestRecord, body: bytes) -> None:
     record.finish_reasons = [
         str(c.get("finish_reason")) for c in obj.get("choices") or [] if isinstance(c, dict) and c.get("finish_reason")
     ]
+    return obj
 
 
 def account_usage(record: RequestRecord, usage: WholeUsage) -> None:

@@ -20,6 +20,7 @@ import orjson
 from sparsegate.gateway.errors import (
     UpstreamBusy,
     UpstreamError,
+    UpstreamNotReady,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -89,15 +90,20 @@ def _retry_after(value: str | None) -> float:
 def status_error(worker: str, status: int, body: bytes, retry_after: str | None = None) -> GatewayErrorT:
     """What a worker's non-2xx answer means, and whom it blames (errors.py)."""
     message = upstream_message(body, status)
+    if 400 <= status < 500 and status not in (408, 429):
+        return UpstreamRejected(message, upstream_status=status)  # the client's mistake: it needs the words
+    # The worker's own failure: its words may name internal hosts, so clients get ours and the log gets both.
+    exc: UpstreamError
     if status == 503:
-        return UpstreamUnavailable(f"Worker {worker} is unavailable: {message}", retriable=True)
-    if status == 429:
-        return UpstreamBusy(f"Worker {worker} is overloaded: {message}", retry_after_s=_retry_after(retry_after))
-    if status in (408, 504):
-        return UpstreamTimeout(f"Worker {worker} timed out: {message}")
-    if 400 <= status < 500:
-        return UpstreamRejected(message, upstream_status=status)
-    return UpstreamUnavailable(f"Worker {worker} failed ({status}): {message}")
+        exc = UpstreamNotReady(f"Worker {worker} is unavailable.")
+    elif status == 429:
+        exc = UpstreamBusy(f"Worker {worker} is overloaded.", retry_after_s=_retry_after(retry_after))
+    elif status in (408, 504):
+        exc = UpstreamTimeout(f"Worker {worker} timed out.")
+    else:
+        exc = UpstreamUnavailable(f"Worker {worker} failed ({status}).")
+    exc.detail = message
+    return exc
 
 
 GatewayErrorT = UpstreamError | UpstreamRejected

@@ -94,7 +94,11 @@ class Sim:
             "--model", self.model, "--max-context", str(self.max_context), *self.args,
         ]  # fmt: skip
         self.proc = _spawn(cmd, self.log)
-        wait_http(self.url + "/health", proc=self.proc, log=self.log)
+        try:
+            wait_http(self.url + "/health", proc=self.proc, log=self.log)
+        except BaseException:
+            self.stop()  # a process that never got ready is not left running after the test
+            raise
         return self
 
     def kill(self) -> None:
@@ -155,7 +159,11 @@ class Gateway:
                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = _spawn(cmd, self.log, env)
-        wait_http(self.url + "/health/live", proc=self.proc, log=self.log)
+        try:
+            wait_http(self.url + "/health/live", proc=self.proc, log=self.log)
+        except BaseException:
+            self.stop()  # a process that never got ready is not left running after the test
+            raise
         return self
 
     def reload(self, config: dict[str, Any]) -> None:

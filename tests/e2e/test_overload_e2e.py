@@ -23,6 +23,7 @@ from tests.redis_server import RedisServer
 
 KEYS = {name: f"sk-{name}-0123456789abcdef" for name in ("burst", "load", "streams", "plain")}
 HELLO = [{"role": "user", "content": "Hello there"}]
+LONG = 2000  # tokens of a stream its client leaves
 
 
 def _config(sim: Sim, redis_url: str, **extra: Any) -> dict[str, Any]:
@@ -56,7 +57,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
 @pytest.fixture
 def gateway(sim: Sim, redis: RedisServer, tmp_path: Path) -> Iterator[Gateway]:
     sim.reset()
-    gw = Gateway(config=_config(sim, redis.url), workdir=tmp_path).start()
+    # Shedding on event-loop lag is tested on its own below; here a burst on a loaded 2-core box must reach the
+    # limiter (and the relay) however far behind the loop runs.
+    gw = Gateway(config=_config(sim, redis.url, overload={"max_loop_lag_ms": 600_000}), workdir=tmp_path).start()
     yield gw
     gw.stop()
 
@@ -94,7 +97,10 @@ def test_a_burst_of_300_admits_exactly_the_limit(gateway: Gateway) -> None:
     responses = asyncio.run(_fire(gateway.url, "burst", [_chat() for _ in range(300)]))
     span = time.monotonic() - started
     statuses = Counter(r.status_code for r in responses)
-    assert set(statuses) == {200, 429}, statuses  # no "rate limiter unavailable": Redis answered every call
+    assert set(statuses) == {200, 429}, (
+        statuses,
+        {r.text for r in responses if r.status_code == 503},
+    )  # Redis answered every call
     # rpm=100 refills one request every 0.6 s: only a burst slower than that may admit more than 100.
     assert 100 <= statuses[200] <= 100 + int(span / 0.6), (statuses, span)
 
@@ -118,8 +124,13 @@ def test_overload_sheds_fast_and_marks_no_worker_down(sim: Sim, redis: RedisServ
 
 
 async def _stream(url: str, leave_after: int | None, results: list[int]) -> None:
-    """One raw streamed request; read `leave_after` events then close the socket (or read to the end)."""
-    body = json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 100, "stream": True}).encode()
+    """One raw streamed request; read `leave_after` events then close the socket (or read a short one to the end).
+    The streams that are left are long (40 s of tokens), so they are still running when a starved client leaves."""
+    max_tokens = LONG if leave_after is not None else 50
+    # ignore_eos (an SGLang extension): the stream runs to max_tokens instead of the sim's natural stop
+    body = json.dumps(
+        {"model": MODEL, "messages": HELLO, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    ).encode()
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     head = (
@@ -162,5 +173,8 @@ def test_500_streams_half_leave_aborts_reach_the_worker_and_charges_match(gatewa
     requests = [line for line in lines if line.get("event") == "request" and line.get("tenant") == "streams"]
     cancelled = [r for r in requests if r["outcome"] == "cancelled"]
     assert len(cancelled) == 250, Counter(r["outcome"] for r in requests)
-    # charged for what was delivered before the close (3 events read; a few more may have been in flight)
-    assert all(r["completion_tokens"] <= 3 + 10 for r in cancelled), sorted(r["completion_tokens"] for r in cancelled)
+    # Charged for what was written to the client before it closed (it read 3 events, the first with the role only;
+    # on a loaded box more may have been sent into its socket), never the reservation: far below LONG.
+    assert all(1 <= r["completion_tokens"] <= LONG // 10 for r in cancelled), sorted(
+        r["completion_tokens"] for r in cancelled
+    )

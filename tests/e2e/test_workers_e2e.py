@@ -40,7 +40,7 @@ def test_two_processes_share_the_port_metrics_and_signals(tmp_path: Path) -> Non
                 )
             try:
                 url = f"http://127.0.0.1:{port}"
-                wait_http(url + "/health/live", proc=proc, log=log)
+                wait_http(url + "/health/live", timeout=120, proc=proc, log=log)  # two interpreters start
                 body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
                 prefixes = set()
                 for _ in range(40):  # a new connection each: the kernel spreads them over both processes

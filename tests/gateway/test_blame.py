@@ -7,6 +7,7 @@ import pytest
 from sparsegate.gateway.errors import (
     UpstreamBusy,
     UpstreamError,
+    UpstreamNotReady,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -16,7 +17,7 @@ from sparsegate.gateway.upstream import status_error
 
 BLAME = [
     # status, error class, client status, retried elsewhere, what the breaker hears
-    (503, UpstreamUnavailable, 502, True, "upstream_error"),
+    (503, UpstreamNotReady, 503, True, "upstream_error"),
     (500, UpstreamUnavailable, 502, False, "upstream_error"),
     (429, UpstreamBusy, 429, True, "busy"),
     (504, UpstreamTimeout, 504, False, "timeout"),
@@ -34,6 +35,15 @@ def test_status_blame_table(status: int, cls: type, client_status: int, retriabl
 def test_worker_4xx_is_the_clients_fault() -> None:
     exc = status_error("http://w", 400, b'{"message": "bad stop"}')
     assert isinstance(exc, UpstreamRejected) and exc.status_code == 400 and exc.message == "bad stop"
+    # SGLang answers 422 (or 404) for the same kind of mistake: clients see OpenAI's 400 either way
+    for status in (404, 422):
+        exc = status_error("http://w", status, b'{"object": "error", "message": "bad", "code": 422}')
+        assert isinstance(exc, UpstreamRejected) and exc.status_code == 400 and exc.upstream_status == status
+
+
+def test_a_workers_own_words_stay_in_the_logs() -> None:
+    exc = status_error("http://w", 500, b'{"object": "error", "message": "gpu-node-3.internal OOM", "code": 500}')
+    assert "gpu-node-3" not in str(exc.envelope()) and exc.detail == "gpu-node-3.internal OOM"
 
 
 def test_busy_passes_the_workers_wait_and_is_neutral() -> None:

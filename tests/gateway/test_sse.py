@@ -57,8 +57,9 @@ def test_tally_drops_usage_chunk_when_not_asked() -> None:
 def test_tally_notes_upstream_error_event() -> None:
     tally = StreamTally(wants_usage=False)
     event = json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode()
-    assert tally.take(event) == event
+    assert tally.take(event) is None, "held back: the relay sends its own error event at the end"
     assert tally.upstream_error == {"message": "boom", "type": "server_error"}
+    assert tally.take(_chunk("late")) is None and tally.content_events == 0
 
 
 def test_plain_chunks_take_the_fast_path_and_count_like_the_slow_one() -> None:

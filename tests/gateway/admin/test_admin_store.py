@@ -70,13 +70,13 @@ async def test_a_change_on_one_redis_replica_reaches_the_other(redis_server: Red
         changed[2].clear()
         written = await one.put_key(key)
         assert written.keys[key.id] == key  # the writer sees its own change at once
-        async with asyncio.timeout(1.0):  # the other replica within a second
+        async with asyncio.timeout(5.0):  # the 1 s bound is measured by bench/admin.py and the e2e test
             await changed[2].wait()
         assert two.state == written
         revoked = key.model_copy(update={"expires_at": 1.0})
         changed[1].clear()
         await two.put_key(revoked)
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(5.0):
             await changed[1].wait()
         assert one.state.keys[key.id].expires_at == 1.0
     finally:

@@ -169,3 +169,48 @@ async def test_embeddings_charge_input_and_tokenize_passes_through() -> None:
         assert back.json()["text"] == "hello"
         unknown = await gw.client.post("/v1/embeddings", json={"model": "nope", "input": "a"}, headers=AUTH)
         assert unknown.status_code == 404
+
+
+async def test_background_response_is_cancelled_on_its_worker() -> None:
+    async with running(sims=2, extra_tenants=[OTHER]) as gw:
+        started = await gw.client.post(
+            "/v1/responses",
+            json={"model": MODEL, "input": "long", "background": True, "max_output_tokens": 3000},
+            headers=AUTH,
+        )
+        assert started.status_code == 200 and started.json()["status"] == "queued"
+        rid, holder = started.json()["id"], gw.records[-1].worker
+        cancelled = await gw.client.post(f"/v1/responses/{rid}/cancel", headers=AUTH)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert gw.records[-1].worker == holder and gw.records[-1].endpoint == "responses_cancel"
+        stats = await gw.sim_stats(holder.removeprefix("http://"))
+        assert rid not in stats["rids_active"]
+
+
+async def test_wrong_method_on_messages_answers_in_anthropics_envelope() -> None:
+    async with running() as gw:
+        answer = await gw.client.get("/v1/messages", headers={"x-api-key": KEY})
+        assert answer.status_code == 405
+        assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_long_english_lands_on_the_pool_its_real_count_fits() -> None:
+    # No tokenizer file: ~60 KB of English estimates at ~60K tokens (over the 32K pool), really ~15K.
+    pools = [
+        {"name": "small", "model": MODEL, "max_context": 32_768, "workers": ["http://sim-0"]},
+        {"name": "large", "model": MODEL, "max_context": 131_072, "workers": ["http://sim-1"]},
+    ]
+    english = "The committee agreed to continue the review of the proposal next quarter. " * 800
+    async with running(sims=2, pools=pools, sim_overrides={"max_context": 131_072}) as gw:
+        answer = await gw.client.post(
+            "/v1/messages",
+            json={"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": english}]},
+            headers={"x-api-key": KEY},
+        )
+        assert answer.status_code == 200, answer.text
+        record = gw.records[-1]
+        assert record.pool == "small" and 14_000 < record.prompt_tokens < 16_000
+        answer = await gw.client.post(
+            "/v1/responses", json={"model": MODEL, "input": english * 3, "max_output_tokens": 16}, headers=AUTH
+        )
+        assert answer.status_code == 200 and gw.records[-1].pool == "large"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sparsegate.backends.sim import FaultSettings
+from sparsegate.gateway.dialects import AnthropicDialect, ResponsesDialect
 from sparsegate.gateway.errors import UpstreamUnavailable, client_message, error_event
 from tests.gateway.admin.support import ACME_KEY, MODEL, WORKER, bearer, running, settings
 
@@ -39,3 +40,10 @@ async def test_a_failing_worker_is_not_named_to_the_client() -> None:
         host = WORKER.split("//")[1].split(":")[0]
         assert host not in response.text and WORKER not in response.text
         assert response.json()["error"]["type"] == "server_error"
+
+
+def test_the_other_dialects_envelopes_leave_hosts_out_too() -> None:
+    err = UpstreamUnavailable("Could not connect to worker http://10.9.8.7:30000.")
+    assert "10.9.8.7" not in str(AnthropicDialect().envelope(err))
+    assert b"10.9.8.7" not in AnthropicDialect().error_event(err)
+    assert b"10.9.8.7" not in ResponsesDialect().error_event(err)

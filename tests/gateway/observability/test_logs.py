@@ -18,6 +18,11 @@ def captured() -> Iterator[io.StringIO]:
     """The process's logging as `sparsegate serve` sets it up, written to a buffer; restored afterwards."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    # Another test's uvicorn (log_level="warning") may have left its loggers' levels set; `serve` sets them from
+    # --log-level, as uvicorn.run does.
+    uvicorn_levels = {name: logging.getLogger(name).level for name in ("uvicorn", "uvicorn.error")}
+    for name in uvicorn_levels:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     configure_logging("info")
     buffer = io.StringIO()
     handler = root.handlers[0]
@@ -26,6 +31,8 @@ def captured() -> Iterator[io.StringIO]:
     yield buffer
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
+    for name, level in uvicorn_levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def lines(buffer: io.StringIO) -> list[dict[str, object]]:
