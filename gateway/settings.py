@@ -131,6 +131,9 @@ class LimiterSettings(_Section):
     key_prefix: str = "sg"
     socket_timeout_s: float = Field(default=0.05, gt=0)
     connect_timeout_s: float = Field(default=0.05, gt=0)
+    queue_wait_s: float = Field(
+        default=1.0, gt=0, description="the longest a call waits for one of the limiter's Redis connections"
+    )
     breaker_failures: int = Field(default=3, gt=0, description="consecutive Redis failures that open the breaker")
     breaker_reset_s: float = Field(default=2.0, gt=0, description="how long the breaker stays open before a probe")
     lease_ttl_s: float = Field(default=900.0, gt=0, description="a concurrency slot expires after this if not settled")

@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 # our own load, not Redis failing: it does not count against the Redis deadline or the breaker. Opening hundreds of
 # sockets at once instead would trip the tens-of-milliseconds connect timeout on a busy event loop.
 MAX_CONNECTIONS = 32
-# The longest a call waits in that queue. While Redis is down the breaker empties the queue at once; this bounds the
-# wait when the process itself is overloaded.
-QUEUE_WAIT_S = 1.0
 # Settles kept for replay while Redis is away. Beyond this the oldest are dropped: their slots come back when the
 # leases expire and their unused tokens are not refunded, which errs on the side of the limit.
 MAX_PENDING_SETTLES = 10_000
@@ -103,6 +100,7 @@ class RedisLimiter:
         # redis-py gets no socket timeout of its own: it would run every send through asyncio.wait_for (a task per
         # command, ~30 % of a round trip here), and on Python 3.11 that wait_for can swallow a caller's cancel.
         self._window_s = settings.connect_timeout_s + settings.socket_timeout_s
+        self._queue_wait_s = settings.queue_wait_s
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
@@ -309,10 +307,11 @@ class RedisLimiter:
         if self.breaker.state is BreakerState.OPEN:
             raise LimiterUnavailable(_UNAVAILABLE)
         if self._slots.locked():
+            # settings.queue_wait_s bounds the wait in that queue. While Redis is down the breaker empties it at once;
+            # the bound matters when the process itself is overloaded.
+            wait_s = self._queue_wait_s
             try:
-                queue_wait = (
-                    FairDeadline(self._monitor, QUEUE_WAIT_S) if self._monitor else asyncio.timeout(QUEUE_WAIT_S)
-                )
+                queue_wait = FairDeadline(self._monitor, wait_s) if self._monitor else asyncio.timeout(wait_s)
                 async with queue_wait:  # in fair time too: a busy loop is no reason to refuse an admission
                     await self._slots.acquire()
             except TimeoutError:
