@@ -75,11 +75,14 @@ class RequestHandle:
         stream: bool = False,
         abort_after_tokens: int | None = None,
         abort_status: int | None = None,
+        batch: bool = False,
     ) -> None:
         self.rid = rid
         self.choices = tuple(choices)
-        self.rids = (rid,) if len(self.choices) == 1 else tuple(f"{rid}_{i}" for i in range(len(self.choices)))
-        """The rid of each choice: SGLang expands a rid into `rid_0 ... rid_{n-1}` when `n > 1`."""
+        single = len(self.choices) == 1 and not batch
+        self.rids = (rid,) if single else tuple(f"{rid}_{i}" for i in range(len(self.choices)))
+        """The rid of each choice: SGLang expands a rid into `rid_0 ... rid_{n-1}` when `n > 1` or the prompt is a
+        list (a batch, even of one prompt)."""
         self.choice_stops: list[StopReason | None] = [None] * len(self.choices)
         self.abort_after_tokens = abort_after_tokens
         self.abort_status = abort_status

@@ -52,6 +52,8 @@ class GenerationRequest:
     """Prompt tokens over all prompts (a completions batch counts each prompt once)."""
     prompts: tuple[Prompt, ...] = ()
     """Every prompt (completions may send a list); empty means one prompt, `prompt_key`."""
+    batch: bool = False
+    """The prompt came as a list (even of one): SGLang's `GenerateReqInput` is then a batch and expands the rid."""
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = "auto"
     tool_turn_done: bool = False
@@ -149,6 +151,7 @@ def parse_completion(body: dict[str, Any]) -> GenerationRequest:
         body,
         endpoint="completions",
         prompts=prompts,
+        batch=len(items) > 1 or prompt is not items[0],
         max_tokens=_optional_int(body, "max_tokens", minimum=0),
         response_format=_response_format(body.get("response_format")),
         logprobs=logprobs is not None,

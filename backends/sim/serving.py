@@ -68,6 +68,7 @@ async def serve_generation(request: Request, state: SimState, endpoint: Endpoint
         stream=generation.stream,
         abort_after_tokens=faults.abort_after_tokens,
         abort_status=faults.abort_status,
+        batch=generation.batch,
     )
     for choice_rid in handle.rids:
         if state.engine.is_active(choice_rid):

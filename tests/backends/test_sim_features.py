@@ -57,6 +57,19 @@ async def test_n_expands_rids_into_ids_per_choice(sim: Sim) -> None:
     assert len({c["id"] for c in finishes}) == 1
 
 
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [("hi there", "one"), ([1, 2, 3], "one"), (["hi there"], "one_0"), ([[1, 2, 3]], "one_0")],
+    ids=["string", "token-ids", "list-of-one-string", "list-of-one-token-list"],
+)
+async def test_a_prompt_list_of_one_is_a_batch_and_expands_the_rid(sim: Sim, prompt: Any, expected: str) -> None:
+    # io_struct._determine_batch_size: a list of texts (or of id lists) is a batch whatever its length, and
+    # _normalize_rid then turns the rid into rid_0.
+    body = {"model": "sim-a", "prompt": prompt, "max_tokens": 2, "rid": "one"}
+    answer = (await sim.client.post(COMPLETIONS, json=body)).json()
+    assert answer["id"] == expected
+
+
 async def test_abort_of_base_rid_does_nothing_for_n_gt_1_but_rid_i_aborts_that_choice(make_sim: MakeSim) -> None:
     sim = await make_sim(itl_ms=5.0)
     body = chat_body(n=2, rid="nb", max_tokens=300, ignore_eos=True)
