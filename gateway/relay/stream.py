@@ -7,11 +7,11 @@ after each, and paused while we wait on the client (a slow reader is not the wor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 
 from sparsegate.gateway.context import Attempt, RequestContext
 from sparsegate.gateway.errors import (
-    GatewayError,
     UpstreamAborted,
     UpstreamError,
     UpstreamTimeout,
@@ -40,46 +40,19 @@ async def relay_stream(
     assert job is not None and attempt.response is not None
     tally = StreamTally(wants_usage=job.wants_usage)
     mend = Mender(attempt.rid, job.expands_rid).event
-    splitter = EventSplitter()
     headers = {**ctx.response_headers, **SSE_HEADERS, "server-timing": server_timing(record)}
     record.status = 200
-    failure: GatewayError | None = None
-    observer = state.observer
-    read_s = snapshot.timeouts.read_s
+
+    def forward(event: bytes) -> bytes | None:
+        data = event_data(event)
+        if data is None:
+            return event + b"\n\n"  # comments and keep-alives pass through
+        forwarded = tally.take(data)
+        return None if forwarded is None else frame(mend(forwarded))
+
     await ctx.start_response(send, 200, raw_headers(headers))
-    waited = time.perf_counter()
     try:
-        async with (
-            FairDeadline(state.monitor, snapshot.timeouts.first_byte_s) as watchdog,
-            aclosing(attempt.response.chunks()) as chunks,
-        ):
-            async for chunk in chunks:
-                now = time.perf_counter()
-                record.upstream_s += now - waited
-                watchdog.pause()
-                out = []
-                for event in splitter.feed(chunk):
-                    data = event_data(event)
-                    if data is None:
-                        out.append(event + b"\n\n")  # comments and keep-alives pass through
-                        continue
-                    forwarded = tally.take(data)
-                    if forwarded is not None:
-                        out.append(frame(mend(forwarded)))
-                if out:
-                    if record.first_byte_at is None:
-                        record.first_byte_at = now
-                    record.chunks += len(out)
-                    observer.on_chunk(record, now)
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-                if tally.done:
-                    break
-                watchdog.reset(read_s)
-                waited = time.perf_counter()
-    except TimeoutError:
-        failure = UpstreamTimeout(f"Worker {attempt.worker.url} stopped sending in time.")
-    except UpstreamError as exc:
-        failure = exc
+        failure = await pump(state, snapshot, record, attempt, send, forward, lambda: tally.done)
     finally:
         # Runs on cancellation too (client gone), so a cut stream is still counted for settling.
         account_stream(record, tally)
@@ -102,6 +75,49 @@ async def relay_stream(
         ctx.fail(failure)
         tail = error_event(failure)
     await ctx.send_last(send, tail + DONE_EVENT)
+
+
+async def pump(
+    state: GatewayState,
+    snapshot: Snapshot,
+    record: RequestRecord,
+    attempt: Attempt,
+    send: Send,
+    forward: Callable[[bytes], bytes | None],
+    done: Callable[[], bool],
+) -> UpstreamError | None:
+    """Relay the worker's events until it ends or `done()`: `forward` turns each event into the bytes to send
+    (None drops it), and one send carries what one upstream read brought. Returns the worker's failure, if any."""
+    assert attempt.response is not None
+    splitter = EventSplitter()
+    observer = state.observer
+    read_s = snapshot.timeouts.read_s
+    waited = time.perf_counter()
+    try:
+        async with (
+            FairDeadline(state.monitor, snapshot.timeouts.first_byte_s) as watchdog,
+            aclosing(attempt.response.chunks()) as chunks,
+        ):
+            async for chunk in chunks:
+                now = time.perf_counter()
+                record.upstream_s += now - waited
+                watchdog.pause()
+                out = [framed for event in splitter.feed(chunk) if (framed := forward(event)) is not None]
+                if out:
+                    if record.first_byte_at is None:
+                        record.first_byte_at = now
+                    record.chunks += len(out)
+                    observer.on_chunk(record, now)
+                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                if done():
+                    break
+                watchdog.reset(read_s)
+                waited = time.perf_counter()
+    except TimeoutError:
+        return UpstreamTimeout(f"Worker {attempt.worker.url} stopped sending in time.")
+    except UpstreamError as exc:
+        return exc
+    return None
 
 
 def account_stream(record: RequestRecord, tally: StreamTally) -> None:

@@ -8,16 +8,11 @@ watchdog is the same fair-time deadline as for chat streams.
 
 from __future__ import annotations
 
-import time
-from contextlib import aclosing
-
 from sparsegate.gateway.context import Attempt, RequestContext
 from sparsegate.gateway.dialects import TypedTally
-from sparsegate.gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from sparsegate.gateway.overload import FairDeadline
+from sparsegate.gateway.errors import GatewayError, UpstreamUnavailable
 from sparsegate.gateway.record import RequestRecord, server_timing
-from sparsegate.gateway.relay.stream import SSE_HEADERS
-from sparsegate.gateway.sse import EventSplitter
+from sparsegate.gateway.relay.stream import SSE_HEADERS, pump
 from sparsegate.gateway.state import GatewayState, Snapshot
 from sparsegate.gateway.wire import Send, raw_headers
 
@@ -41,44 +36,20 @@ async def relay_typed_stream(
     assert job is not None and attempt.response is not None
     tally = job.dialect.new_tally()
     assert tally is not None
-    splitter = EventSplitter()
     headers = {**ctx.response_headers, **SSE_HEADERS, "server-timing": server_timing(record)}
     record.status = 200
-    failure: GatewayError | None = None
-    observer = state.observer
-    read_s = snapshot.timeouts.read_s
     ctx.tally = tally
+
+    def forward(event: bytes) -> bytes:
+        name, data = event_fields(event)
+        if data:
+            tally.take_event(name, data)
+        return event + b"\n\n"
+
     await ctx.start_response(send, 200, raw_headers(headers))
-    waited = time.perf_counter()
+    failure: GatewayError | None
     try:
-        async with (
-            FairDeadline(state.monitor, snapshot.timeouts.first_byte_s) as watchdog,
-            aclosing(attempt.response.chunks()) as chunks,
-        ):
-            async for chunk in chunks:
-                now = time.perf_counter()
-                record.upstream_s += now - waited
-                watchdog.pause()
-                out = []
-                for event in splitter.feed(chunk):
-                    name, data = event_fields(event)
-                    if data:
-                        tally.take_event(name, data)
-                    out.append(event + b"\n\n")
-                if out:
-                    if record.first_byte_at is None:
-                        record.first_byte_at = now
-                    record.chunks += len(out)
-                    observer.on_chunk(record, now)
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-                if tally.done:
-                    break
-                watchdog.reset(read_s)
-                waited = time.perf_counter()
-    except TimeoutError:
-        failure = UpstreamTimeout(f"Worker {attempt.worker.url} stopped sending in time.")
-    except UpstreamError as exc:
-        failure = exc
+        failure = await pump(state, snapshot, record, attempt, send, forward, lambda: tally.done)
     finally:
         account_typed(record, tally)
     ctx.upstream_complete = tally.done
